@@ -129,17 +129,25 @@ def _same(canonical: str, stored: str) -> Row:
 
 TABLE: tuple[Row, ...] = (
     # canonical                       original                                   -hf
-    ("vision.embed.patch.weight", ("vision_model.embeddings.patch_embedding.weight",),
-     ("vision_tower.embeddings.patch_embeddings.projection.weight",)),
-    ("vision.embed.patch.bias", ("vision_model.embeddings.patch_embedding.bias",),
-     ("vision_tower.embeddings.patch_embeddings.projection.bias",)),
+    (
+        "vision.embed.patch.weight",
+        ("vision_model.embeddings.patch_embedding.weight",),
+        ("vision_tower.embeddings.patch_embeddings.projection.weight",),
+    ),
+    (
+        "vision.embed.patch.bias",
+        ("vision_model.embeddings.patch_embedding.bias",),
+        ("vision_tower.embeddings.patch_embeddings.projection.bias",),
+    ),
     ("vision.embed.cls", ("vision_model.embeddings.class_embedding",), ("vision_tower.embeddings.cls_token",)),
-    ("vision.embed.pos", ("vision_model.embeddings.position_embedding",),
-     ("vision_tower.embeddings.position_embeddings",)),
+    (
+        "vision.embed.pos",
+        ("vision_model.embeddings.position_embedding",),
+        ("vision_tower.embeddings.position_embeddings",),
+    ),
     (_VL + "norm1.weight", (_OV + "norm1.weight",), (_HV + "layernorm_before.weight",)),
     (_VL + "norm1.bias", (_OV + "norm1.bias",), (_HV + "layernorm_before.bias",)),
-    (_VL + "attn.qkv.weight", (_OV + "attn.qkv.weight",),
-     tuple(_HV + f"attention.{p}_proj.weight" for p in "qkv")),
+    (_VL + "attn.qkv.weight", (_OV + "attn.qkv.weight",), tuple(_HV + f"attention.{p}_proj.weight" for p in "qkv")),
     (_VL + "attn.qkv.bias", (_OV + "attn.qkv.bias",), tuple(_HV + f"attention.{p}_proj.bias" for p in "qkv")),
     (_VL + "attn.proj.weight", (_OV + "attn.proj.weight",), (_HV + "attention.projection_layer.weight",)),
     (_VL + "attn.proj.bias", (_OV + "attn.proj.bias",), (_HV + "attention.projection_layer.bias",)),

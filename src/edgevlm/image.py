@@ -1,0 +1,148 @@
+"""Image loading and InternVL's dynamic tiling.
+
+An image becomes 1 to 12 tiles of 448 px chosen by aspect ratio, plus a 448 px thumbnail of the
+whole image when there is more than one tile, normalised with ImageNet mean and std: exactly the
+preprocessing InternVL3 was trained with (transformers' GotOcr2 processor with crop_to_patches).
+
+Unlike the reference, EXIF orientation is applied, so phone photos are seen upright.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+TILE = 448
+MAX_TILES = 12
+DEFAULT_MAX_PIXELS = 64_000_000  # a 64 MP photo is ~200 MB as RGB; above that is likely a bomb
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+ImageSource = str | Path | bytes | bytearray | memoryview | Image.Image
+
+
+class ImageError(ValueError):
+    """An image that cannot be used: the message names the image and the reason."""
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """The tiles of one image: pixels [N,3,448,448] float32 (thumbnail last) and the grid."""
+
+    pixels: np.ndarray
+    grid: tuple[int, int]  # (columns, rows)
+    size: tuple[int, int]  # (width, height) of the image after orientation
+
+    @property
+    def count(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _open(source: ImageSource) -> tuple[Image.Image, str]:
+    if isinstance(source, Image.Image):
+        return source, "<PIL image>"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        name, fp = "<image bytes>", io.BytesIO(bytes(source))
+    else:
+        name = str(source)
+        if not Path(source).is_file():
+            raise ImageError(f"{name}: {'not a file' if Path(source).exists() else 'no such file'}")
+        fp = source
+    try:
+        return Image.open(fp), name
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image (or not a format Pillow can read)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name}: too many pixels ({e})") from None
+    except OSError as e:
+        raise ImageError(f"{name}: truncated or corrupt ({e})") from None
+
+
+def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an image (path, bytes or PIL) to upright RGB, checking its size before decoding."""
+    img, name = _open(source)
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{name}: zero-sized image ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageError(f"{name}: {width}x{height} is more than the limit of {max_pixels:,} pixels")
+    try:
+        img.load()  # an opened animation sits on its first frame, which is the one used
+        img = ImageOps.exif_transpose(img)
+        return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:  # Pillow reports truncation and bad data as these
+        raise ImageError(f"{name}: truncated or corrupt ({e})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Tiling
+
+
+@lru_cache(maxsize=64)
+def candidate_grids(min_tiles: int, max_tiles: int) -> tuple[tuple[int, int], ...]:
+    """(columns, rows) with min <= columns*rows <= max, by tile count (stable, columns first)."""
+    grids = [
+        (c, r) for c in range(1, max_tiles + 1) for r in range(1, max_tiles + 1) if min_tiles <= c * r <= max_tiles
+    ]
+    return tuple(sorted(grids, key=lambda g: g[0] * g[1]))
+
+
+def choose_grid(
+    width: int, height: int, *, min_tiles: int = 1, max_tiles: int = MAX_TILES, tile: int = TILE
+) -> tuple[int, int]:
+    """The grid whose aspect ratio is closest to the image's; on a tie the larger grid wins only
+    while the image has more than half the pixels of that grid's canvas."""
+    aspect, area = width / height, width * height
+    best, best_diff = (1, 1), float("inf")
+    for cols, rows in candidate_grids(min_tiles, max_tiles):
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and area > 0.5 * tile * tile * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+def normalize(img: Image.Image) -> np.ndarray:
+    """RGB image -> float32 [3,H,W], scaled to [0,1] and ImageNet-normalised."""
+    arr = np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
+    return ((arr - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+
+
+def _check_counts(min_tiles: int, max_tiles: int) -> None:
+    if not 1 <= max_tiles <= MAX_TILES:
+        raise ValueError(f"max_tiles must be between 1 and {MAX_TILES}, got {max_tiles}")
+    if not 1 <= min_tiles <= max_tiles:
+        raise ValueError(f"min_tiles must be between 1 and max_tiles ({max_tiles}), got {min_tiles}")
+
+
+def tile_image(img: Image.Image, *, min_tiles: int = 1, max_tiles: int = MAX_TILES, use_thumbnail: bool = True,
+               tile: int = TILE) -> Tiles:  # fmt: skip
+    """Split an RGB image into InternVL's dynamic tiles (row-major), thumbnail last."""
+    _check_counts(min_tiles, max_tiles)
+    width, height = img.size
+    if max_tiles == 1:  # the reference skips the grid search: one resized tile
+        return Tiles(normalize(img.resize((tile, tile), Image.BICUBIC))[None], (1, 1), img.size)
+    cols, rows = choose_grid(width, height, min_tiles=min_tiles, max_tiles=max_tiles, tile=tile)
+    canvas = normalize(img.resize((cols * tile, rows * tile), Image.BICUBIC))
+    tiles = canvas.reshape(3, rows, tile, cols, tile).transpose(1, 3, 0, 2, 4).reshape(rows * cols, 3, tile, tile)
+    if use_thumbnail and rows * cols > 1:
+        tiles = np.concatenate([tiles, normalize(img.resize((tile, tile), Image.BICUBIC))[None]])
+    return Tiles(np.ascontiguousarray(tiles), (cols, rows), img.size)
+
+
+def load_tiles(source: ImageSource, *, min_tiles: int = 1, max_tiles: int = MAX_TILES, use_thumbnail: bool = True,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Tiles:  # fmt: skip
+    """Load an image and tile it: the one entry point from a file, bytes or PIL image to pixels."""
+    _check_counts(min_tiles, max_tiles)
+    return tile_image(load_image(source, max_pixels=max_pixels), min_tiles=min_tiles, max_tiles=max_tiles,
+                      use_thumbnail=use_thumbnail)  # fmt: skip

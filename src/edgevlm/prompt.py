@@ -1,0 +1,171 @@
+"""Chat templates and prompt encoding, safe against control-token injection.
+
+A prompt is rendered as parts: template text (trusted; may contain control tokens such as
+`<|im_start|>` or `<IMG_CONTEXT>`) and user text (never trusted). Control tokens are taken from
+template text only; all text between them, user text included, is encoded with a tokenizer that
+knows no added tokens. Typing `<IMG_CONTEXT>` or `<|im_end|>` therefore yields ordinary text
+tokens and can neither forge an image slot nor end a turn, while a benign conversation encodes
+exactly as the reference (transformers' tokenizer on the rendered string) does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from tokenizers import Tokenizer
+
+from .tokenizer import ADDED_TOKENS, FIRST_ADDED_ID
+
+DEFAULT_SYSTEM_INTERNVL = (
+    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+)
+IMG_CONTEXT, IMG_START, IMG_END = "<IMG_CONTEXT>", "<img>", "</img>"
+
+
+@dataclass(frozen=True)
+class Template:
+    """A chat template as data; `{k}` in `multi_image` is the 1-based image number."""
+
+    system: tuple[str, str]  # before and after the system message
+    user: tuple[str, str]  # before and after the user's content
+    assistant: tuple[str, str]  # before and after the assistant's answer
+    default_system: str
+    single_image: str  # prefix of a question with one image; {image} is the image block
+    multi_image: str  # one line per image when there are several
+    stop: tuple[str, ...]
+
+
+TEMPLATES: dict[str, Template] = {
+    # InternVL's conversation.py "internvl2_5" (MPT separator style), as chat() renders it.
+    "internvl2_5": Template(
+        system=("<|im_start|>system\n", "<|im_end|>"),
+        user=("\n<|im_start|>user\n", "<|im_end|>"),
+        assistant=("\n<|im_start|>assistant\n", "<|im_end|>"),
+        default_system=DEFAULT_SYSTEM_INTERNVL,
+        single_image="{image}\n",
+        multi_image="Image-{k}: {image}\n",
+        stop=("<|im_end|>",),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One user turn: its question, the tile count of each attached image, and the answer once known."""
+
+    question: str
+    image_tiles: tuple[int, ...] = ()
+    answer: str | None = None
+
+
+@dataclass
+class Parts:
+    """A rendered prompt: a list of (trusted, text) pieces."""
+
+    items: list[tuple[bool, str]] = field(default_factory=list)
+
+    def template(self, text: str) -> None:
+        self.items.append((True, text))
+
+    def user(self, text: str) -> None:
+        self.items.append((False, text))
+
+
+class PromptEncoder:
+    """Turns conversations into token ids with a template and a tokenizer."""
+
+    def __init__(self, tokenizer: Tokenizer, template: str | Template = "internvl2_5", tokens_per_tile: int = 256):
+        self.tokenizer = tokenizer
+        self.template = TEMPLATES[template] if isinstance(template, str) else template
+        self.tokens_per_tile = tokens_per_tile
+        self._plain = _without_added_tokens(tokenizer)
+        self._control = {t: FIRST_ADDED_ID + i for i, t in enumerate(ADDED_TOKENS)}
+        self._control_re = re.compile("(" + "|".join(re.escape(t) for t in ADDED_TOKENS) + ")")
+        self.image_token_id = self._control[IMG_CONTEXT]
+        self.stop_ids = tuple(self._control[s] for s in self.template.stop)
+
+    # -- rendering ---------------------------------------------------------------------------
+
+    def _image_block(self, tiles: int) -> str:
+        return IMG_START + IMG_CONTEXT * (self.tokens_per_tile * tiles) + IMG_END
+
+    def _render_turn(self, parts: Parts, turn: Turn) -> None:
+        t = self.template
+        parts.template(t.user[0])
+        if len(turn.image_tiles) == 1:
+            parts.template(t.single_image.format(image=self._image_block(turn.image_tiles[0])))
+        for k, tiles in enumerate(turn.image_tiles if len(turn.image_tiles) > 1 else (), 1):
+            parts.template(t.multi_image.format(k=k, image=self._image_block(tiles)))
+        parts.user(turn.question)
+        parts.template(t.user[1] + t.assistant[0])
+
+    def _render_answer(self, parts: Parts, answer: str) -> None:
+        parts.user(answer)
+        parts.template(self.template.assistant[1])
+
+    def render(self, turns: Sequence[Turn], system: str | None = None) -> Parts:
+        """The whole conversation, ending with the assistant header of the last turn."""
+        t, parts = self.template, Parts()
+        parts.template(t.system[0])
+        parts.user(t.default_system if system is None else system)
+        parts.template(t.system[1])
+        for i, turn in enumerate(turns):
+            if turn.answer is None and i != len(turns) - 1:
+                raise ValueError(f"turn {i + 1} of {len(turns)} has no answer; only the last may be open")
+            self._render_turn(parts, turn)
+            if turn.answer is not None:
+                self._render_answer(parts, turn.answer)
+        return parts
+
+    # -- encoding ----------------------------------------------------------------------------
+
+    def encode_parts(self, parts: Parts) -> list[int]:
+        """Control tokens from trusted text only; each run of text between them encoded as one string."""
+        ids: list[int] = []
+        pending: list[str] = []
+
+        def flush() -> None:
+            if pending:
+                ids.extend(self.encode_text("".join(pending)))
+                pending.clear()
+
+        for trusted, text in parts.items:
+            pieces = self._control_re.split(text) if trusted else [text]
+            for j, piece in enumerate(pieces):
+                if j % 2:  # re.split puts the captured control tokens at odd indexes
+                    flush()
+                    ids.append(self._control[piece])
+                elif piece:
+                    pending.append(piece)
+        flush()
+        return ids
+
+    def encode_text(self, text: str) -> list[int]:
+        """Plain text to ids: control-token strings in it stay ordinary text."""
+        return self._plain.encode(text, add_special_tokens=False).ids
+
+    def encode(self, turns: Sequence[Turn], system: str | None = None) -> list[int]:
+        return self.encode_parts(self.render(turns, system))
+
+    def continue_ids(self, answer_ended: bool, turn: Turn) -> list[int]:
+        """Ids to append after a previous turn whose generated answer is already in the cache (ending
+        in its stop token when `answer_ended`, else cut short): the new user turn and the header."""
+        parts = Parts()
+        if not answer_ended:
+            parts.template(self.template.assistant[1])
+        self._render_turn(parts, turn)
+        return self.encode_parts(parts)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def _without_added_tokens(tokenizer: Tokenizer) -> Tokenizer:
+    """A copy of the tokenizer that treats every string as plain text."""
+    spec = json.loads(tokenizer.to_str())
+    spec["added_tokens"] = []
+    spec["post_processor"] = None
+    return Tokenizer.from_str(json.dumps(spec))

@@ -1,0 +1,38 @@
+"""transformers' own InternVL preprocessing, set up as InternVL3-1B-hf ships it, for parity tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from ..image import IMAGENET_MEAN, IMAGENET_STD, TILE
+
+
+def image_processor(min_tiles: int = 1, max_tiles: int = 12) -> Any:
+    """GotOcr2ImageProcessorPil (no torchvision needed) with InternVL3's settings."""
+    from transformers import GotOcr2ImageProcessorPil
+
+    return GotOcr2ImageProcessorPil(
+        crop_to_patches=True, min_patches=min_tiles, max_patches=max_tiles, size={"height": TILE, "width": TILE},
+        image_mean=IMAGENET_MEAN.tolist(), image_std=IMAGENET_STD.tolist(), do_convert_rgb=True,
+    )  # fmt: skip
+
+
+def processor(tokenizer: Tokenizer, min_tiles: int = 1, max_tiles: int = 12) -> Any:
+    """transformers' InternVLProcessor over our tokenizer: it expands each `<IMG_CONTEXT>` in the
+    text into `<img>` + 256 x tiles `<IMG_CONTEXT>` + `</img>` and tokenises the result."""
+    from transformers import InternVLProcessor, PreTrainedTokenizerFast
+
+    class _Processor(InternVLProcessor):
+        # Its video processor needs torchvision; images never touch it, so it is left out.
+        def check_argument_for_proper_class(self, name: str, arg: Any) -> Any:
+            return None if name == "video_processor" else super().check_argument_for_proper_class(name, arg)
+
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        extra_special_tokens={"start_image_token": "<img>", "end_image_token": "</img>",
+                              "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"},
+    )  # fmt: skip
+    return _Processor(image_processor=image_processor(min_tiles, max_tiles), tokenizer=hf_tok,
+                      video_processor=None, image_seq_length=256)  # fmt: skip
