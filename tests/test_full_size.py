@@ -16,3 +16,41 @@ def test_internvl3_1b_random_checkpoint_opens_strictly():
     assert ck.shape("llm.embed.weight") == (151674, 896)
     qkv = ck.get("vision.layers.23.attn.qkv.weight")
     assert qkv.shape == (3072, 1024) and np.isfinite(qkv).all() and qkv.std() > 0
+
+
+@pytest.fixture(scope="module")
+def full():
+    """The cached InternVL3-1B-shaped checkpoint and its transformers twin (same seed, bf16-rounded)."""
+    import torch
+
+    from edgevlm.testing.random_checkpoint import reference_model
+
+    model = reference_model(preset("internvl3-1b"), seed=0)
+    model.to(torch.bfloat16).float()
+    return open_checkpoint(cached_checkpoint("internvl3-1b", "original")), model
+
+
+def test_full_size_vision_parity_and_int8(full, tmp_path):
+    import torch
+
+    from edgevlm.graphs.vision import VisionGraphSpec, build_vision_graph
+    from edgevlm.runtime.vision import OrtVisionEncoder
+
+    ck, model = full
+    pixels = np.random.default_rng(0).standard_normal((1, 3, 448, 448)).astype(np.float32)
+    with torch.no_grad():
+        ref = model.get_image_features(torch.from_numpy(pixels), vision_feature_layer=-1,
+                                       vision_feature_select_strategy="default").pooler_output.numpy()  # fmt: skip
+
+    def run(spec):
+        path = build_vision_graph(ck.get, ck.config, tmp_path / f"{spec.precision}.onnx", spec)
+        return OrtVisionEncoder(path, cache=False).encode(pixels)
+
+    def cos(a, b):
+        return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+    fp32 = run(VisionGraphSpec("fp32", contrib=False))
+    assert cos(fp32, ref).min() >= 0.99999 and np.abs(fp32 - ref).max() <= 1e-3
+    int8 = run(VisionGraphSpec("int8"))
+    assert cos(int8.ravel(), fp32.ravel()) >= 0.999
+    print(f"int8 vs fp32: tile cosine {cos(int8.ravel(), fp32.ravel()):.6f}, token min {cos(int8, fp32).min():.6f}")

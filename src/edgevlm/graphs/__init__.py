@@ -1,0 +1,1 @@
+"""ONNX graphs built from canonical numpy weights, without torch."""

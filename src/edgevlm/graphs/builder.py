@@ -1,0 +1,92 @@
+"""A small ONNX graph builder: path-like node names, weights streamed to an external data file.
+
+Weights are written to `<name>.onnx.data` as they are added, so building a 1B-parameter graph
+holds one tensor in memory at a time rather than the whole model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+ALIGN = 64  # byte alignment of each weight in the data file (lets ORT map them directly)
+
+
+class Graph:
+    """Nodes, inputs, outputs and initializers of one ONNX graph under construction."""
+
+    def __init__(self, path: str | Path, *, opset: int = 17, name: str = "edgevlm") -> None:
+        self.path = Path(path)
+        self.data_name = self.path.name + ".data"
+        self._data = open(self.path.with_name(self.data_name), "wb")  # noqa: SIM115 - closed in save()
+        self.name = name
+        self.opsets = {"": opset}
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self._counts: dict[str, int] = {}
+        self._consts: set[str] = set()
+
+    # -- values ------------------------------------------------------------------------------
+
+    def input(self, name: str, elem: int, shape: list[int | str]) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, elem, shape))
+        return name
+
+    def output(self, value: str, name: str, elem: int, shape: list[int | str]) -> None:
+        self.op("Identity", [value], f"/output/{name}", out=name)
+        self.outputs.append(helper.make_tensor_value_info(name, elem, shape))
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        """A named initializer whose bytes go to the external data file."""
+        array = np.ascontiguousarray(array)
+        pad = -self._data.tell() % ALIGN
+        self._data.write(b"\0" * pad)
+        offset = self._data.tell()
+        self._data.write(array.tobytes())
+        t = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype), dims=array.shape)
+        t.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", self.data_name), ("offset", offset), ("length", array.nbytes)):
+            t.external_data.add(key=key, value=str(value))
+        self.inits.append(t)
+        return name
+
+    def const(self, name: str, value: Any, dtype: Any = np.int64) -> str:
+        """A small constant stored inline (shapes, axes, scalars); a name is added once."""
+        if name in self._consts:
+            return name
+        self._consts.add(name)
+        self.inits.append(onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    # -- nodes -------------------------------------------------------------------------------
+
+    def op(self, op_type: str, inputs: list[str], scope: str, *, out: str | None = None, outputs: int = 1,
+           domain: str = "", **attrs: Any) -> Any:  # fmt: skip
+        """Add a node named `{scope}/{op_type}`; returns its output name (or names if outputs > 1)."""
+        node_name = f"{scope}/{op_type}"
+        n = self._counts.get(node_name, 0)
+        self._counts[node_name] = n + 1
+        if n:
+            node_name += f"_{n}"
+        names = [out] if out else [f"{node_name}_output_{i}" for i in range(outputs)]
+        if domain:
+            self.opsets.setdefault(domain, 1)
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=node_name, domain=domain, **attrs))
+        return names[0] if outputs == 1 else names
+
+    # -- output ------------------------------------------------------------------------------
+
+    def save(self) -> Path:
+        self._data.close()
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, self.inits)
+        opsets = [helper.make_opsetid(d, v) for d, v in self.opsets.items()]
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="edgevlm")
+        model.ir_version = min(model.ir_version, 10)  # readable by older runtimes (rknn-toolkit2's ORT)
+        onnx.save_model(model, self.path)
+        return self.path

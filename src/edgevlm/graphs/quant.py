@@ -1,0 +1,34 @@
+"""Weight packing for quantised linear layers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def int8_per_channel(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 per output channel: weight [N,K] -> (q [K,N] int8, scale [N] float32)."""
+    absmax = np.abs(weight).max(axis=1)
+    scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
+    q = np.clip(np.rint(weight / scale[:, None]), -127, 127).astype(np.int8)
+    return np.ascontiguousarray(q.T), scale
+
+
+def matmul_nbits(weight: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pack weight [N,K] for com.microsoft.MatMulNBits, symmetric per block of K.
+
+    B is uint8 [N, K/block, block*bits/8] holding q + 2^(bits-1) (the implied zero point when no
+    zero-point input is given); scales are float32 [N * K/block].
+    """
+    n, k = weight.shape
+    if k % block:
+        raise ValueError(f"K={k} is not a multiple of the block size {block}")
+    levels = 2 ** (bits - 1)
+    w = weight.reshape(n, k // block, block)
+    absmax = np.abs(w).max(axis=2, keepdims=True)
+    scale = np.where(absmax > 0, absmax / (levels - 1), 1.0).astype(np.float32)
+    q = (np.clip(np.rint(w / scale), -(levels - 1), levels - 1) + levels).astype(np.uint8)
+    if bits == 4:  # two values per byte, low nibble first
+        q = q[..., 0::2] | (q[..., 1::2] << 4)
+    elif bits != 8:
+        raise ValueError(f"MatMulNBits packing supports 4 or 8 bits, not {bits}")
+    return np.ascontiguousarray(q), scale.reshape(-1)

@@ -1,0 +1,44 @@
+"""Vision encoders: pixels [N,3,448,448] -> image features [N,256,H]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .ort import create_session
+
+
+class VisionEncoder(Protocol):
+    """Anything that turns normalised tiles into language-model embeddings."""
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray: ...
+
+
+class OrtVisionEncoder:
+    """The vision graph on ONNX Runtime (CPU), encoding tiles in batches.
+
+    The default batch is one tile per run: the int8 graph quantises activations per run, so a
+    tile's features would otherwise depend on the tiles beside it; one tile (M=1025 rows) already
+    keeps both cores busy.
+    """
+
+    def __init__(self, model: str | Path, *, threads: int | None = None, batch: int = 1, cache: bool = True):
+        self.session = create_session(model, threads=threads, cache=cache)
+        self.batch = batch
+        inp = self.session.get_inputs()[0]
+        fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
+        if fixed is not None:
+            self.batch = fixed  # a static graph (the NPU form) takes exactly its batch
+        self.tile_shape = tuple(inp.shape[1:])
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        if pixels.ndim != 4 or pixels.shape[1:] != self.tile_shape:
+            raise ValueError(f"expected tiles [N,{','.join(map(str, self.tile_shape))}], got {list(pixels.shape)}")
+        out = [
+            self.session.run(["image_features"], {"pixel_values": pixels[i : i + self.batch]})[0]
+            for i in range(0, len(pixels), self.batch)
+        ]
+        return np.concatenate(out) if len(out) > 1 else out[0]
