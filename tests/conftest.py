@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the [test] extra (torch, transformers) is not installed")
 
 from edgevlm.config import preset  # noqa: E402
-from edgevlm.testing.random_checkpoint import reference_model, save_checkpoint  # noqa: E402
+from edgevlm.testing.random_checkpoint import reference_model, round_parameters, save_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +21,7 @@ def tiny_cfg():
 def tiny_ref(tiny_cfg):
     """The transformers model whose weights the tiny checkpoints hold (bf16-rounded, float32)."""
     model = reference_model(tiny_cfg, seed=0)
-    model.to(torch.bfloat16).float()
+    round_parameters(model, "bf16")
     return model
 
 

@@ -21,12 +21,11 @@ def test_internvl3_1b_random_checkpoint_opens_strictly():
 @pytest.fixture(scope="module")
 def full():
     """The cached InternVL3-1B-shaped checkpoint and its transformers twin (same seed, bf16-rounded)."""
-    import torch
 
-    from edgevlm.testing.random_checkpoint import reference_model
+    from edgevlm.testing.random_checkpoint import reference_model, round_parameters
 
     model = reference_model(preset("internvl3-1b"), seed=0)
-    model.to(torch.bfloat16).float()
+    round_parameters(model, "bf16")
     return open_checkpoint(cached_checkpoint("internvl3-1b", "original")), model
 
 

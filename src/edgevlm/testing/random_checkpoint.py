@@ -179,22 +179,32 @@ def _write_shards(tensors: dict[str, Any], out: Path, shard_mb: float | None) ->
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
+def round_parameters(model: Any, dtype: str) -> Any:
+    """Round the model's parameters to the storage dtype in place (kept as float32), so the
+    in-memory reference holds exactly what the checkpoint stores. Buffers such as rotary
+    frequencies are left alone: the reference recomputes them on load too."""
+    import torch
+
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(torch_dtype).float())
+    return torch_dtype
+
+
 def save_checkpoint(
     model: Any, cfg: ModelConfig, out: Path, *, naming: str, dtype: str = "bf16", shard_mb: float | None = None
 ) -> None:
     """Write `model` as a checkpoint folder in the given naming and storage dtype (atomically)."""
-    import torch
     from safetensors.torch import load_file
 
-    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    torch_dtype = round_parameters(model, dtype)
     with atomic_dir(out, replace=True) as tmp:
         hub = tmp / "hf"
-        # The round trip leaves the in-memory model holding exactly the stored (rounded) values.
-        model.to(torch_dtype).save_pretrained(hub)
-        model.float()
+        model.save_pretrained(hub)  # float32, in the hub naming
         tensors = {}
         for file in sorted(hub.glob("*.safetensors")):
-            tensors.update(load_file(file))
+            tensors.update({k: v.to(torch_dtype) for k, v in load_file(file).items()})
         if naming == "hf":
             (hub / "config.json").rename(tmp / "config.json")
         else:

@@ -1,0 +1,143 @@
+"""The Qwen2 language model as one ONNX graph with a shared-buffer KV cache.
+
+    inputs_embeds [1,S,H]   (token rows and image features, spliced outside the graph)
+      └─ layers.i:
+           h = RMSNorm(x)                          (fused with the residual add: SkipSimplifiedLayerNorm)
+           qkv = h @ Wqkv + b                      (one packed projection)
+           a = GroupQueryAttention(qkv, cache_i)   (rotary inside; past and present share one buffer)
+           x = x + a @ Wo;  h = RMSNorm(x)
+           x = x + down(silu(gate(h)) * up(h))     (gate and up packed into one projection)
+      └─ last position only ─ RMSNorm ─ lm_head ─ logits [1,V]
+
+Weights: `MatMulNBits` 8-bit with int8 activations (accuracy level 4: w8a8, the default), 4-bit
+(w4a8), or plain fp32 MatMul (parity). The token embedding table is not in the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from onnx import TensorProto
+
+from ..config import ModelConfig
+from .builder import Graph
+from .quant import matmul_nbits
+
+Weights = Callable[[str], np.ndarray]
+MS = "com.microsoft"
+LLM_PRECISIONS = {"w8a8": 8, "w4a8": 4, "fp32": 0}
+
+
+@dataclass(frozen=True)
+class DecoderGraphSpec:
+    """How to build the decoder graph."""
+
+    precision: str = "w8a8"
+    block_size: int = 128  # MatMulNBits block: 128 measured 30% faster than 32 for decode here
+    max_context: int = 4096  # rows of the rotary tables, and the cache length the runtime allocates
+
+    def __post_init__(self) -> None:
+        if self.precision not in LLM_PRECISIONS:
+            raise ValueError(f"llm precision must be one of {sorted(LLM_PRECISIONS)}, got {self.precision!r}")
+
+
+def rotary_tables(cfg: ModelConfig, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin [length, head_dim/2] for Qwen2's (non-interleaved) rotary embedding."""
+    hd = cfg.text.head_dim
+    inv_freq = 1.0 / (cfg.text.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+    angles = np.outer(np.arange(length, dtype=np.float64), inv_freq)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+class _Builder:
+    def __init__(self, g: Graph, get: Weights, cfg: ModelConfig, spec: DecoderGraphSpec) -> None:
+        self.g, self.get, self.cfg, self.spec = g, get, cfg, spec
+
+    def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str, scope: str) -> str:
+        """x @ weight^T (+ bias), weight [N,K], in the spec's precision."""
+        g, bits = self.g, LLM_PRECISIONS[self.spec.precision]
+        b = g.weight(name + ".bias", bias) if bias is not None else ""
+        n, k = weight.shape
+        if bits:
+            block = self.spec.block_size if k % self.spec.block_size == 0 else 32
+            q, scales = matmul_nbits(weight, bits, block)
+            ins = [x, g.weight(f"{name}.q{bits}", q), g.weight(name + ".scales", scales), "", "", b]
+            return g.op("MatMulNBits", ins, scope, domain=MS, K=k, N=n, bits=bits, block_size=block,
+                        accuracy_level=4)  # fmt: skip
+        y = g.op("MatMul", [x, g.weight(name + ".t", np.ascontiguousarray(weight.T))], scope)
+        return g.op("Add", [y, b], scope) if b else y
+
+    def skip_norm(self, x: str, skip: str, weight: str, scope: str) -> tuple[str, str]:
+        """(RMSNorm(x + skip), x + skip) in one node."""
+        w = self.g.weight(weight, self.get(weight))
+        eps = self.cfg.text.rms_norm_eps
+        out = self.g.op("SkipSimplifiedLayerNormalization", [x, skip, w], scope, outputs=4, domain=MS, epsilon=eps)
+        return out[0], out[3]
+
+    def attention(self, h: str, i: int, caches: tuple[str, str], state: tuple[str, str, str, str]) -> str:
+        g, t, p, s = self.g, self.cfg.text, f"llm.layers.{i}.attn", f"/llm/layers.{i}/attn"
+        w = np.concatenate([self.get(f"{p}.{n}.weight") for n in "qkv"])
+        b = np.concatenate([self.get(f"{p}.{n}.bias") for n in "qkv"])
+        qkv = self.linear(h, w, b, p + ".qkv", s + "/qkv")
+        seqlens, total, cos, sin = state
+        out = g.op(
+            "GroupQueryAttention", [qkv, "", "", caches[0], caches[1], seqlens, total, cos, sin], s,
+            outputs=3, domain=MS, num_heads=t.num_heads, kv_num_heads=t.num_kv_heads, do_rotary=1,
+            rotary_interleaved=0,
+        )  # fmt: skip
+        g.op("Identity", [out[1]], s + "/present_key", out=f"present.{i}.key")
+        g.op("Identity", [out[2]], s + "/present_value", out=f"present.{i}.value")
+        return self.linear(out[0], self.get(p + ".o.weight"), None, p + ".o", s + "/o")
+
+    def mlp(self, h: str, i: int) -> str:
+        g, p, s = self.g, f"llm.layers.{i}.mlp", f"/llm/layers.{i}/mlp"
+        w = np.concatenate([self.get(p + ".gate.weight"), self.get(p + ".up.weight")])
+        gate, up = g.op("Split", [self.linear(h, w, None, p + ".gate_up", s + "/gate_up")], s, outputs=2, axis=-1)
+        act = g.op("Mul", [gate, g.op("Sigmoid", [gate], s + "/silu")], s + "/silu")
+        return self.linear(g.op("Mul", [act, up], s), self.get(p + ".down.weight"), None, p + ".down", s + "/down")
+
+
+def build_decoder_graph(get: Weights, cfg: ModelConfig, path: str | Path, spec: DecoderGraphSpec) -> Path:
+    """Write the decoder graph (and its `.data` file) to `path` from canonical weights."""
+    t = cfg.text
+    g = Graph(path, opset=17, name="edgevlm_decoder")
+    g.opsets[MS] = 1
+    b = _Builder(g, get, cfg, spec)
+    x = g.input("inputs_embeds", TensorProto.FLOAT, [1, "sequence", t.hidden_size])
+    seqlens = g.input("seqlens_k", TensorProto.INT32, [1])
+    total = g.input("total_sequence_length", TensorProto.INT32, [])
+    cos, sin = rotary_tables(cfg, spec.max_context)
+    state = (seqlens, total, g.weight("llm.rotary.cos", cos), g.weight("llm.rotary.sin", sin))
+    cache_shape: list[int | str] = [1, t.num_kv_heads, "cache", t.head_dim]
+    norm_w = g.weight("llm.layers.0.attn_norm.weight", b.get("llm.layers.0.attn_norm.weight"))
+    h = g.op("SimplifiedLayerNormalization", [x, norm_w], "/llm/layers.0/attn_norm", axis=-1,
+             epsilon=t.rms_norm_eps)  # fmt: skip
+    for i in range(t.num_layers):
+        s = f"/llm/layers.{i}"
+        caches = tuple(g.input(f"past.{i}.{kv}", TensorProto.FLOAT, cache_shape) for kv in ("key", "value"))
+        attn = b.attention(h, i, caches, state)
+        h, x = b.skip_norm(attn, x, f"llm.layers.{i}.mlp_norm.weight", s + "/mlp_norm")
+        mlp = b.mlp(h, i)
+        if i + 1 < t.num_layers:
+            h, x = b.skip_norm(mlp, x, f"llm.layers.{i + 1}.attn_norm.weight", f"/llm/layers.{i + 1}/attn_norm")
+    for i in range(t.num_layers):
+        for kv in ("key", "value"):
+            g.outputs.append(_value_info(f"present.{i}.{kv}", cache_shape))
+    # Only the last position's logits are needed: slice before the final norm and lm_head.
+    last = g.const("/c/last", [-1])
+    mlp_last = g.op("Slice", [mlp, last, g.const("/c/end", [2**31]), g.const("/c/axis1", [1])], "/llm/last")
+    x_last = g.op("Slice", [x, last, "/c/end", "/c/axis1"], "/llm/last")
+    h, _ = b.skip_norm(mlp_last, x_last, "llm.norm.weight", "/llm/norm")
+    logits = b.linear(h, get("llm.lm_head.weight"), None, "llm.lm_head", "/llm/lm_head")
+    logits = g.op("Reshape", [logits, g.const("/c/logits", [1, t.vocab_size])], "/llm/lm_head")
+    g.output(logits, "logits", TensorProto.FLOAT, [1, t.vocab_size])
+    return g.save()
+
+
+def _value_info(name: str, shape: list[int | str]):
+    from onnx import helper
+
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)

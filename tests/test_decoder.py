@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+import torch
+
+from edgevlm.checkpoint import open_checkpoint
+from edgevlm.embedding import EmbeddingTable, write_embedding
+from edgevlm.graphs.decoder import DecoderGraphSpec, build_decoder_graph
+from edgevlm.runtime.decoder import ContextOverflow, OrtLanguageModel
+
+MAX = 192
+
+
+def make_lm(ckpt_dir, folder, precision="fp32", quantize_embed=False, **kw):
+    ck = open_checkpoint(ckpt_dir)
+    folder.mkdir(exist_ok=True)
+    write_embedding(ck.get("llm.embed.weight"), folder, quantize=quantize_embed)
+    path = build_decoder_graph(
+        ck.get, ck.config, folder / f"llm_{precision}.onnx", DecoderGraphSpec(precision, max_context=MAX)
+    )
+    return OrtLanguageModel(path, EmbeddingTable(folder), ck.config.text, max_context=MAX, cache=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_ckpt, tmp_path_factory):
+    return make_lm(tiny_ckpt["original"], tmp_path_factory.mktemp("lm"), prefill_chunk=7)
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return np.random.default_rng(3).integers(0, 151600, 50).tolist()
+
+
+def ref_logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits[0].numpy()
+
+
+def test_last_logits_match_transformers(lm, tiny_ref, ids):
+    ref = ref_logits(tiny_ref, ids)
+    got = lm.prefill(lm.embed(ids), position=0)
+    assert np.abs(got - ref[-1]).max() <= 1e-3
+    assert lm.position == len(ids)
+
+
+def test_chunked_prefill_equals_one_block(lm, ids, tiny_ckpt, tmp_path):
+    chunked = lm.prefill(lm.embed(ids), position=0)  # chunks of 7
+    whole = make_lm(tiny_ckpt["hf"], tmp_path / "w", prefill_chunk=512).prefill(lm.embed(ids))
+    np.testing.assert_allclose(chunked, whole, atol=1e-4, rtol=0)
+
+
+def test_prefill_then_decode_equals_full_forward(lm, tiny_ref, ids):
+    ref = ref_logits(tiny_ref, ids)
+    lm.prefill(lm.embed(ids[:40]), position=0)
+    for i in range(40, len(ids)):
+        got = lm.decode(ids[i])
+        assert np.abs(got - ref[i]).max() <= 1e-3, i
+
+
+def test_truncate_reuses_the_prefix(lm, ids):
+    fresh = lm.prefill(lm.embed(ids), position=0)
+    lm.prefill(lm.embed([*ids[:30], 5, 6, 7, 8]), position=0)  # a different continuation
+    again = lm.prefill(lm.embed(ids[30:]), position=30)  # back to the shared prefix
+    np.testing.assert_allclose(again, fresh, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="cannot truncate"):
+        lm.truncate(lm.position + 1)
+
+
+def test_context_overflow_is_a_clear_error(lm):
+    lm.truncate(0)
+    lm.prefill(lm.embed(list(range(MAX - 2))))
+    with pytest.raises(ContextOverflow, match="context full"):
+        lm.prefill(lm.embed([1, 2, 3]))
+    assert lm.position == MAX - 2  # nothing was written
+    lm.decode(1)
+    lm.decode(2)
+    with pytest.raises(ContextOverflow):
+        lm.decode(3)
+
+
+def test_greedy_32_tokens_equal_transformers_generate(lm, tiny_ref, ids):
+    from edgevlm.runtime.generate import generate_step
+    from edgevlm.runtime.sampling import SamplingParams
+
+    prompt = ids[:20]
+    with torch.no_grad():
+        out = tiny_ref.generate(input_ids=torch.tensor([prompt]), max_new_tokens=32, min_new_tokens=32,
+                                do_sample=False, eos_token_id=None, pad_token_id=0)  # fmt: skip
+    expected = out[0, len(prompt) :].tolist()
+    got = list(generate_step(lm, lm.embed(prompt), SamplingParams(max_tokens=32), position=0))
+    assert got == expected
+
+
+@pytest.mark.parametrize(("precision", "quantize_embed", "min_cos"), [("w8a8", True, 0.995), ("w4a8", True, 0.9)])
+def test_quantised_close_to_fp32(tiny_ckpt, tmp_path, ids, lm, precision, quantize_embed, min_cos):
+    q = make_lm(tiny_ckpt["hf"], tmp_path / precision, precision, quantize_embed)
+    a, b = q.prefill(q.embed(ids)), lm.prefill(lm.embed(ids), position=0)
+    assert (a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b) >= min_cos
+
+
+def test_int8_embedding_rows(tiny_ckpt, tmp_path):
+    ck = open_checkpoint(tiny_ckpt["hf"])
+    full = ck.get("llm.embed.weight")
+    write_embedding(full, tmp_path, quantize=True)
+    table = EmbeddingTable(tmp_path)
+    rows = [0, 17, 151673, 42]
+    got = table(rows)
+    err = np.abs(got - full[rows]).max(axis=1) / np.abs(full[rows]).max(axis=1)
+    assert err.max() <= 1 / 254 + 1e-6  # half a quantisation step of each row's scale
+    with pytest.raises(ValueError, match="out of range"):
+        table([151674])
