@@ -53,3 +53,42 @@ def test_full_size_vision_parity_and_int8(full, tmp_path):
     int8 = run(VisionGraphSpec("int8"))
     assert cos(int8.ravel(), fp32.ravel()) >= 0.999
     print(f"int8 vs fp32: tile cosine {cos(int8.ravel(), fp32.ravel()):.6f}, token min {cos(int8, fp32).min():.6f}")
+
+
+def test_full_size_llm_parity_and_w8a8(full, tmp_path):
+    import torch
+
+    from edgevlm.embedding import EmbeddingTable, write_embedding
+    from edgevlm.graphs.decoder import DecoderGraphSpec, build_decoder_graph
+    from edgevlm.runtime.decoder import OrtLanguageModel
+
+    ck, model = full
+    ids = np.random.default_rng(5).integers(0, 151000, 96).tolist()
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([ids])).logits[0].numpy()
+
+    def teacher_forced(precision, quantize):
+        folder = tmp_path / precision
+        folder.mkdir()
+        write_embedding(ck.get("llm.embed.weight"), folder, quantize=quantize)
+        path = build_decoder_graph(ck.get, ck.config, folder / "llm.onnx", DecoderGraphSpec(precision, max_context=256))
+        lm = OrtLanguageModel(path, EmbeddingTable(folder), ck.config.text, max_context=256, cache=False)
+        first = lm.prefill(lm.embed(ids[:32]))
+        return np.stack([first] + [lm.decode(t) for t in ids[32:-1]])  # logits at positions 31..94
+
+    def cos(a, b):
+        return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+    fp32 = teacher_forced("fp32", False)
+    assert cos(fp32, ref[31:95]).min() >= 0.99999
+    w8 = teacher_forced("w8a8", True)
+    assert len(w8) == 64 and cos(w8, fp32).min() >= 0.995
+
+    def log_softmax(x):
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    p, q = log_softmax(fp32.astype(np.float64)), log_softmax(w8.astype(np.float64))
+    kl = (np.exp(p) * (p - q)).sum(-1)
+    c = cos(w8, fp32).min()
+    print(f"w8a8 vs fp32 over 64 positions: cosine min {c:.5f}, KL mean {kl.mean():.5f} max {kl.max():.5f}")
