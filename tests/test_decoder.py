@@ -108,3 +108,10 @@ def test_int8_embedding_rows(tiny_ckpt, tmp_path):
     assert err.max() <= 1 / 254 + 1e-6  # half a quantisation step of each row's scale
     with pytest.raises(ValueError, match="out of range"):
         table([151674])
+
+
+def test_returned_logits_are_not_overwritten_by_the_next_step(lm, ids):
+    first = lm.prefill(lm.embed(ids[:10]), position=0)
+    kept = first.copy()
+    lm.decode(ids[10])
+    np.testing.assert_array_equal(first, kept)

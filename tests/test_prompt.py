@@ -4,7 +4,7 @@ from PIL import Image
 
 from edgevlm.image import tile_image
 from edgevlm.prompt import DEFAULT_SYSTEM_INTERNVL, PromptEncoder, Turn
-from edgevlm.testing.reference import processor
+from edgevlm.testing.reference import original_prompt, processor
 from edgevlm.testing.vocab import fixture_tokenizer
 
 IMG_CONTEXT = 151667
@@ -23,22 +23,6 @@ def enc(tok):
 @pytest.fixture(scope="module")
 def ref(tok):
     return processor(tok)
-
-
-def original_prompt(turns, system=DEFAULT_SYSTEM_INTERNVL):
-    """InternVL's conversation.py internvl2_5 template (MPT style) as chat() fills it, with each
-    image as `<IMG_CONTEXT>`: the placeholder transformers' processor expands."""
-    msgs = []
-    for question, n_images, answer in turns:
-        if n_images == 1:
-            question = "<IMG_CONTEXT>\n" + question
-        elif n_images > 1:
-            question = "".join(f"Image-{k}: <IMG_CONTEXT>\n" for k in range(1, n_images + 1)) + question
-        msgs += [("<|im_start|>user\n", question), ("<|im_start|>assistant\n", answer)]
-    out = "<|im_start|>system\n" + system + "<|im_end|>\n"
-    for role, message in msgs:
-        out += role + message + "<|im_end|>\n" if message else role
-    return out
 
 
 def images(*sizes):

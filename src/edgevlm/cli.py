@@ -38,16 +38,107 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", type=Path)
 
 
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    from .graphs.decoder import LLM_PRECISIONS
+    from .graphs.vision import PRECISIONS
+
+    p = sub.add_parser("convert", help="make an edge bundle from an InternVL3 checkpoint (folder or hub id)")
+    p.add_argument("src", help="checkpoint folder (original or -hf naming) or a hub id such as OpenGVLab/InternVL3-1B")
+    p.add_argument("out", type=Path, help="bundle folder to write")
+    p.add_argument("--llm", default="w8a8", choices=list(LLM_PRECISIONS), help="language model weights")
+    p.add_argument("--vision", default="int8", choices=list(PRECISIONS), help="vision encoder weights")
+    p.add_argument("--max-context", type=int, default=4096, help="context window in tokens (default 4096)")
+    p.add_argument("--max-tiles", type=int, default=None, help="most image tiles (1-12; default: the model's)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .convert import ConvertOptions, convert
+
+    opts = ConvertOptions(llm=args.llm, vision=args.vision, max_context=args.max_context,
+                          max_tiles=args.max_tiles, force=args.force)  # fmt: skip
+    convert(args.src, args.out, opts)
+    return 0
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="check every file of a bundle against its manifest (sizes and sha256)")
+    p.add_argument("bundle", type=Path)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .bundle import open_bundle
+
+    manifest = open_bundle(args.bundle, hashes=True)
+    print(f"{args.bundle}: ok ({len(manifest.files)} files, format {manifest.format_version})")
+    return 0
+
+
+def _positive(kind: type, name: str, minimum: float = 0) -> Callable[[str], object]:
+    def parse(text: str) -> object:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {text}")
+        return value
+
+    return parse
+
+
+def _add_chat(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="ask about images: once with -p, or an interactive chat")
+    p.add_argument("-m", "--model", type=Path, required=True, help="bundle folder")
+    p.add_argument("-i", "--image", type=Path, action="append", default=[], help="image file (repeatable)")
+    p.add_argument("-p", "--prompt", help="answer this once and exit (only the answer goes to stdout)")
+    p.add_argument("--system", help="system message (default: InternVL's own)")
+    p.add_argument("--max-tokens", type=_positive(int, "--max-tokens", 1), default=512)
+    p.add_argument("--temperature", type=_positive(float, "--temperature"), default=0.0, help="0 is greedy")
+    p.add_argument("--top-p", type=_positive(float, "--top-p"), default=1.0)
+    p.add_argument("--top-k", type=_positive(int, "--top-k"), default=0)
+    p.add_argument("--repetition-penalty", type=_positive(float, "--repetition-penalty"), default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-tiles", type=int, choices=range(1, 13), metavar="1..12", default=None)
+    p.add_argument("--threads", type=_positive(int, "--threads", 1), default=None)
+    p.add_argument("--stats", action="store_true", help="print timings to stderr")
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from .chat import ChatOptions, run_chat
+    from .runtime.sampling import SamplingParams
+
+    for image in args.image:
+        if not image.is_file():
+            raise UserError(f"{image}: no such file")
+    sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                              repetition_penalty=args.repetition_penalty, seed=args.seed,
+                              max_tokens=args.max_tokens)  # fmt: skip
+    opts = ChatOptions(bundle=args.model, images=tuple(args.image), prompt=args.prompt, system=args.system,
+                       max_tiles=args.max_tiles, stats=args.stats, threads=args.threads, sampling=sampling)  # fmt: skip
+    return run_chat(opts)
+
+
 # name -> (add the subparser, run it)
 COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]] = {
+    "convert": (_add_convert, _convert),
+    "verify": (_add_verify, _verify),
+    "chat": (_add_chat, _chat),
     "info": (_add_info, _info),
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes as one line, like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgevlm", description="Run InternVL3 on a CPU or the RK3588 NPU.")
+    parser = _Parser(prog="edgevlm", description="Run InternVL3 on a CPU or the RK3588 NPU.")
     parser.add_argument("--version", action="version", version=f"edgevlm {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add, _ in COMMANDS.values():
         add(sub)
     return parser
@@ -55,17 +146,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-
     try:
         return COMMANDS[args.command][1](args)
-    except (UserError, CheckpointError, ConfigError, FileNotFoundError) as e:
+    except _user_errors() as e:
         print(f"edgevlm {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .bundle import BundleError
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .convert import ConvertError
+    from .image import ImageError
+    from .runtime.decoder import ContextOverflow
+    from .tokenizer import TokenizerError
+
+    return (UserError, CheckpointError, ConfigError, BundleError, ConvertError, ImageError, ContextOverflow,
+            TokenizerError, FileNotFoundError, FileExistsError)  # fmt: skip
 
 
 if __name__ == "__main__":

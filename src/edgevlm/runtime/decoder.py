@@ -71,7 +71,7 @@ class OrtLanguageModel:
         b.bind_cpu_input("total_sequence_length", np.array(total, dtype=np.int32))
         self.session.run_with_iobinding(b)
         self.position = total
-        return self._logits.numpy()[0]
+        return self._logits.numpy()[0].copy()  # the bound buffer is overwritten by the next step
 
     def prefill(self, embeds: np.ndarray, position: int | None = None) -> np.ndarray:
         """Append embeddings [S,H] at `position` (default: the end); the last position's logits."""

@@ -7,6 +7,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from ..image import IMAGENET_MEAN, IMAGENET_STD, TILE
+from ..prompt import DEFAULT_SYSTEM_INTERNVL
 
 
 def image_processor(min_tiles: int = 1, max_tiles: int = 12) -> Any:
@@ -36,3 +37,19 @@ def processor(tokenizer: Tokenizer, min_tiles: int = 1, max_tiles: int = 12) -> 
     )  # fmt: skip
     return _Processor(image_processor=image_processor(min_tiles, max_tiles), tokenizer=hf_tok,
                       video_processor=None, image_seq_length=256)  # fmt: skip
+
+
+def original_prompt(turns: list[tuple[str, int, str | None]], system: str = DEFAULT_SYSTEM_INTERNVL) -> str:
+    """InternVL's conversation.py internvl2_5 template (MPT style) as chat() fills it, with each
+    image as `<IMG_CONTEXT>`: the placeholder transformers' processor expands."""
+    msgs = []
+    for question, n_images, answer in turns:
+        if n_images == 1:
+            question = "<IMG_CONTEXT>\n" + question
+        elif n_images > 1:
+            question = "".join(f"Image-{k}: <IMG_CONTEXT>\n" for k in range(1, n_images + 1)) + question
+        msgs += [("<|im_start|>user\n", question), ("<|im_start|>assistant\n", answer)]
+    out = "<|im_start|>system\n" + system + "<|im_end|>\n"
+    for role, message in msgs:
+        out += role + message + "<|im_end|>\n" if message else role
+    return out

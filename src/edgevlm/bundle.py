@@ -1,0 +1,159 @@
+"""The edge bundle: a folder of ONNX graphs, embedding table, tokenizer and `manifest.json`.
+
+The manifest says everything the runtime needs (model dims, token ids, template, tiling, context
+length, the precision of each part, and every file with its size and sha256); the runtime never
+guesses from tensor shapes. Loading checks presence and sizes; `verify` also checks hashes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .config import ModelConfig, TextConfig, VisionConfig
+
+FORMAT = "edgevlm-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, damaged, or from a newer edgevlm."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One component of the bundle: its main file and how it was made."""
+
+    file: str
+    precision: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    model: ModelConfig
+    parts: dict[str, Part]  # "vision", "llm", "embedding", "tokenizer", optional "vision_rk3588", ...
+    context_length: int
+    max_tiles: int
+    min_tiles: int = 1
+    source: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"size", "sha256"}
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.model
+        return {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "edgevlm_version": __version__,
+            "source": self.source,
+            "model": dataclasses.asdict(m),
+            "tokens": {
+                "image_context": m.image_token_id,
+                "image_start": 151665,
+                "image_end": 151666,
+                "im_start": 151644,
+                "im_end": 151645,
+            },
+            "template": m.template,
+            "tiling": {
+                "tile_size": m.vision.image_size,
+                "min_tiles": self.min_tiles,
+                "max_tiles": self.max_tiles,
+                "use_thumbnail": m.use_thumbnail,
+                "tokens_per_tile": m.tokens_per_tile,
+            },
+            "context_length": self.context_length,
+            "parts": {k: dataclasses.asdict(p) for k, p in self.parts.items()},
+            "files": self.files,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        if d.get("format") != FORMAT:
+            raise BundleError("manifest.json: not an edgevlm bundle manifest")
+        version = int(d.get("format_version", 0))
+        if version > FORMAT_VERSION:
+            raise BundleError(
+                f"bundle format version {version} is newer than this edgevlm supports ({FORMAT_VERSION}); "
+                "upgrade edgevlm"
+            )
+        try:
+            raw = dict(d["model"])
+            model = ModelConfig(vision=VisionConfig(**raw.pop("vision")), text=TextConfig(**raw.pop("text")), **raw)
+            return cls(
+                model=model,
+                parts={k: Part(**p) for k, p in d["parts"].items()},
+                context_length=int(d["context_length"]),
+                max_tiles=int(d["tiling"]["max_tiles"]),
+                min_tiles=int(d["tiling"]["min_tiles"]),
+                source=d.get("source", {}),
+                files=d["files"],
+                format_version=version,
+            )
+        except (KeyError, TypeError) as e:
+            raise BundleError(f"manifest.json: malformed ({e!r})") from None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_entries(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file in the bundle folder (the manifest excluded)."""
+    return {
+        p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
+    """Record every file of `folder` in the manifest and write it."""
+    manifest = dataclasses.replace(manifest, files=file_entries(folder))
+    (folder / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    return manifest
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise BundleError(f"{folder}: no such bundle folder")
+    path = folder / MANIFEST
+    if not path.exists():
+        raise BundleError(f"{folder}: no manifest.json (not an edgevlm bundle; make one with `edgevlm convert`)")
+    try:
+        return Manifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from None
+
+
+def check_files(folder: str | Path, manifest: Manifest, *, hashes: bool = False) -> None:
+    """Every listed file present with its size (and, with `hashes`, its sha256)."""
+    folder = Path(folder)
+    for name, entry in manifest.files.items():
+        path = folder / name
+        if not path.exists():
+            raise BundleError(f"{folder}: file {name} is missing")
+        size = path.stat().st_size
+        if size != entry["size"]:
+            raise BundleError(f"{folder}: file {name} has {size} bytes, the manifest says {entry['size']} (truncated?)")
+        if hashes and sha256_file(path) != entry["sha256"]:
+            raise BundleError(f"{folder}: file {name} does not match its sha256 (corrupt)")
+
+
+def open_bundle(folder: str | Path, *, hashes: bool = False) -> Manifest:
+    """Read and check a bundle's manifest; raises BundleError naming what is wrong."""
+    manifest = read_manifest(folder)
+    check_files(folder, manifest, hashes=hashes)
+    return manifest

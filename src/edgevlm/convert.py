@@ -1,0 +1,119 @@
+"""`edgevlm convert`: an InternVL3 checkpoint (either naming, or a hub id) -> an edge bundle.
+
+No torch: weights are read memory-mapped and written tensor by tensor into the graphs' data files.
+The bundle is built in a temporary folder beside OUT and renamed into place when whole.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .atomic import atomic_dir
+from .bundle import Manifest, Part, write_manifest
+from .checkpoint import open_checkpoint
+from .embedding import write_embedding
+from .graphs.decoder import LLM_PRECISIONS, DecoderGraphSpec, build_decoder_graph
+from .graphs.vision import PRECISIONS as VISION_PRECISIONS
+from .graphs.vision import VisionGraphSpec, build_vision_graph
+from .tokenizer import load_tokenizer
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ConvertError(ValueError):
+    """The conversion cannot proceed: bad options, or a source that cannot be had."""
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    llm: str = "w8a8"
+    vision: str = "int8"
+    max_context: int = 4096
+    max_tiles: int | None = None  # None: the checkpoint's max_dynamic_patch
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.llm not in LLM_PRECISIONS:
+            raise ConvertError(f"--llm must be one of {', '.join(LLM_PRECISIONS)}, got {self.llm!r}")
+        if self.vision not in VISION_PRECISIONS:
+            raise ConvertError(f"--vision must be one of {', '.join(VISION_PRECISIONS)}, got {self.vision!r}")
+        if not 256 <= self.max_context <= 131072:
+            raise ConvertError(f"--max-context must be between 256 and 131072, got {self.max_context}")
+        if self.max_tiles is not None and not 1 <= self.max_tiles <= 12:
+            raise ConvertError(f"--max-tiles must be between 1 and 12, got {self.max_tiles}")
+
+
+def resolve_source(src: str | Path) -> Path:
+    """A local checkpoint folder, or a hub id downloaded with huggingface_hub (online only)."""
+    path = Path(src)
+    if path.exists():
+        return path
+    if not HUB_ID.match(str(src)):
+        raise ConvertError(f"{src}: no such checkpoint folder")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise ConvertError(f"{src} looks like a hub id, but huggingface_hub is not installed "
+                           "(pip install huggingface_hub), or pass a local folder") from None  # fmt: skip
+    try:
+        patterns = ["*.json", "*.safetensors", "*.txt", "*.model"]
+        return Path(snapshot_download(str(src), allow_patterns=patterns))
+    except Exception as e:  # the hub client raises many types (offline, not found, auth)
+        raise ConvertError(f"cannot download {src} from the hub ({type(e).__name__}: {e})") from None
+
+
+def _step(log: Callable[[str], None], n: int, total: int, what: str) -> Callable[[], None]:
+    log(f"[{n}/{total}] {what} ...")
+    start = time.perf_counter()
+    return lambda: log(f"[{n}/{total}] {what}: {time.perf_counter() - start:.1f} s")
+
+
+def convert(src: str | Path, out: str | Path, options: ConvertOptions = ConvertOptions(),
+            log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> Manifest:  # fmt: skip
+    """Convert a checkpoint into a bundle at `out`; returns the manifest written."""
+    out = Path(out)
+    if out.exists() and not options.force:
+        raise ConvertError(f"{out} already exists (use --force to replace it)")
+    ck = open_checkpoint(resolve_source(src))
+    cfg = ck.config
+    if options.max_context > cfg.text.max_position_embeddings:
+        raise ConvertError(f"--max-context {options.max_context} exceeds the model's "
+                           f"{cfg.text.max_position_embeddings} positions")  # fmt: skip
+    tokenizer = load_tokenizer(ck.path)
+    with atomic_dir(out, replace=options.force) as tmp:
+        done = _step(log, 1, 4, f"vision encoder ({options.vision})")
+        build_vision_graph(ck.get, cfg, tmp / "vision.onnx", VisionGraphSpec(options.vision))
+        done()
+        done = _step(log, 2, 4, f"language model ({options.llm})")
+        spec = DecoderGraphSpec(options.llm, max_context=options.max_context)
+        build_decoder_graph(ck.get, cfg, tmp / "llm.onnx", spec)
+        done()
+        done = _step(log, 3, 4, "embedding table")
+        embed_quant = options.llm != "fp32"
+        embed_files = write_embedding(ck.get("llm.embed.weight"), tmp, quantize=embed_quant)
+        tokenizer.save(str(tmp / "tokenizer.json"))
+        done()
+        done = _step(log, 4, 4, "manifest (sha256 of every file)")
+        max_tiles = options.max_tiles or cfg.max_dynamic_patch
+        manifest = Manifest(
+            model=cfg,
+            parts={
+                "vision": Part("vision.onnx", options.vision),
+                "llm": Part("llm.onnx", options.llm, {"block_size": spec.block_size}),
+                "embedding": Part(embed_files[0], "int8" if embed_quant else "fp32", {"files": embed_files}),
+                "tokenizer": Part("tokenizer.json", "-"),
+            },
+            context_length=options.max_context,
+            max_tiles=max_tiles,
+            min_tiles=min(cfg.min_dynamic_patch, max_tiles),
+            source={"path": str(src), "naming": cfg.naming},
+        )
+        manifest = write_manifest(tmp, manifest)
+        done()
+    log(f"wrote {out} ({sum(f['size'] for f in manifest.files.values()) / 2**20:.0f} MB)")
+    return manifest

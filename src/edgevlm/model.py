@@ -1,0 +1,170 @@
+"""A loaded bundle: vision encoder, language model, tokenizer and prompt encoder together.
+
+`VLM.generate` is the one streaming entry point every front end uses. It keeps the ids (and image
+identities) whose KV rows are in the language model's cache, and prefills only what differs from
+them: a follow-up question, or a request whose history is a prefix of the cached one, costs only
+its new tokens, and an image already seen is not encoded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .bundle import Manifest, open_bundle
+from .embedding import EmbeddingTable
+from .image import ImageSource, Tiles, load_tiles
+from .prompt import PromptEncoder
+from .runtime.decoder import OrtLanguageModel
+from .runtime.generate import GenerationStats, StreamChunk, stream_generate
+from .runtime.sampling import SamplingParams
+from .runtime.vision import OrtVisionEncoder
+from .session import ChatSession
+
+
+@dataclass
+class EncodedImage:
+    """An image's tiles, its identity, and (once computed) its features [tiles*256, H]."""
+
+    tiles: Tiles
+    digest: str
+    features: np.ndarray | None = field(default=None, repr=False)
+
+
+@dataclass
+class TurnStats:
+    """What one answer cost."""
+
+    images: int = 0
+    tiles: int = 0
+    vision_ms: float = 0.0
+    prompt_tokens: int = 0  # the whole conversation so far
+    cached_tokens: int = 0  # re-used from the KV cache
+    generation: GenerationStats = field(default_factory=GenerationStats)
+    ttft_ms: float = 0.0  # request to first token: vision + prefill + first sample
+
+    def summary(self) -> str:
+        g = self.generation
+        return (
+            f"images {self.images} ({self.tiles} tiles, vision {self.vision_ms:.0f} ms) | "
+            f"prompt {self.prompt_tokens} tokens ({self.cached_tokens} cached, prefill {g.prompt_tokens} in "
+            f"{g.prefill_ms:.0f} ms, {g.prefill_tok_s:.0f} tok/s) | first token {self.ttft_ms:.0f} ms | "
+            f"answer {g.generated_tokens} tokens, {g.decode_tok_s:.1f} tok/s | end: {g.finish_reason}"
+        )
+
+
+def _common_prefix(a: Sequence[object], b: Sequence[object]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+class VLM:
+    """An InternVL3 bundle ready to answer."""
+
+    def __init__(self, folder: str | Path, *, threads: int | None = None, verify: bool = False) -> None:
+        self.folder = Path(folder)
+        self.manifest: Manifest = open_bundle(self.folder, hashes=verify)
+        m = self.manifest
+        self.config = m.model
+        self.tokenizer = Tokenizer.from_file(str(self.folder / m.parts["tokenizer"].file))
+        self.prompt = PromptEncoder(self.tokenizer, m.model.template, m.model.tokens_per_tile)
+        self.vision = OrtVisionEncoder(self.folder / m.parts["vision"].file, threads=threads)
+        self.lm = OrtLanguageModel(self.folder / m.parts["llm"].file, EmbeddingTable(self.folder), m.model.text,
+                                   max_context=m.context_length, threads=threads)  # fmt: skip
+        self._cached: list[object] = []  # one key per KV row: a token id, or (image digest, row) for image rows
+
+    @property
+    def context_length(self) -> int:
+        return self.manifest.context_length
+
+    def encode_image(self, source: ImageSource, *, max_tiles: int | None = None) -> EncodedImage:
+        """Load and tile an image (features are computed when first needed)."""
+        m = self.manifest
+        tiles = load_tiles(source, min_tiles=min(m.min_tiles, max_tiles or m.max_tiles),
+                           max_tiles=max_tiles or m.max_tiles, use_thumbnail=m.model.use_thumbnail)  # fmt: skip
+        return EncodedImage(tiles, hashlib.sha1(tiles.pixels.tobytes()).hexdigest())
+
+    def _features(self, image: EncodedImage, stats: TurnStats) -> np.ndarray:
+        if image.features is None:
+            start = time.perf_counter()
+            image.features = self.vision.encode(image.tiles.pixels).reshape(-1, self.config.text.hidden_size)
+            stats.vision_ms += (time.perf_counter() - start) * 1000
+        return image.features
+
+    def _keys(self, ids: Sequence[int], images: Sequence[EncodedImage]) -> list[object]:
+        slots = [i for i, t in enumerate(ids) if t == self.prompt.image_token_id]
+        rows = [(img.digest, r) for img in images for r in range(img.tiles.count * self.config.tokens_per_tile)]
+        if len(slots) != len(rows):
+            raise ValueError(f"the prompt has {len(slots)} image tokens but its images give {len(rows)} features")
+        keys: list[object] = list(ids)
+        for pos, row in zip(slots, rows, strict=True):
+            keys[pos] = row
+        return keys
+
+    def _embeddings(self, ids: Sequence[int], keys: list[object], start: int, images: Sequence[EncodedImage],
+                    stats: TurnStats) -> np.ndarray:  # fmt: skip
+        embeds = self.lm.embed(list(ids[start:]))
+        by_digest = {img.digest: img for img in images}
+        for pos in range(start, len(keys)):
+            key = keys[pos]
+            if isinstance(key, tuple):
+                embeds[pos - start] = self._features(by_digest[key[0]], stats)[key[1]]
+        return embeds
+
+    def generate(self, ids: list[int], images: Sequence[EncodedImage], params: SamplingParams,
+                 stats: TurnStats | None = None) -> Iterator[StreamChunk]:  # fmt: skip
+        """Stream the answer to a fully rendered prompt, re-using the cached prefix."""
+        stats = stats if stats is not None else TurnStats()
+        begin = time.perf_counter()
+        keys = self._keys(ids, images)
+        reuse = min(_common_prefix(self._cached, keys), len(keys) - 1)  # the last token yields the logits
+        stats.images = len(images)
+        stats.tiles = sum(img.tiles.count for img in images)
+        stats.prompt_tokens, stats.cached_tokens = len(ids), reuse
+        embeds = self._embeddings(ids, keys, reuse, images, stats)
+        self._cached = keys[:reuse]
+        generated: list[int] = []
+        params = params if params.stop_ids else _with_stops(params, self.prompt.stop_ids)
+        try:
+            for chunk in stream_generate(self.lm, self.tokenizer, embeds, params, seen=ids, position=reuse):
+                if not generated:
+                    stats.ttft_ms = (time.perf_counter() - begin) * 1000
+                generated.append(chunk.token)
+                stats.generation = chunk.stats
+                yield chunk
+        finally:
+            fed = keys + generated[:-1]  # the last token was sampled but never fed back
+            self._cached = fed if self.lm.position == len(fed) else fed[: min(len(fed), self.lm.position)]
+
+    def session(self, system: str | None = None, *, max_tiles: int | None = None) -> ChatSession:
+        return ChatSession(self, system=system, max_tiles=max_tiles)
+
+    def chat(self, question: str, images: Sequence[ImageSource] = (), *, stream: bool = False,
+             system: str | None = None, max_tiles: int | None = None, max_tokens: int = 512,
+             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
+             seed: int | None = None) -> str | Iterator[str]:  # fmt: skip
+        """One question (with images) in a fresh conversation; the answer, or its pieces with stream=True."""
+        return self.session(system, max_tiles=max_tiles).chat(
+            question, images, stream=stream, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
+        )  # fmt: skip
+
+
+def _with_stops(params: SamplingParams, stops: tuple[int, ...]) -> SamplingParams:
+    from dataclasses import replace
+
+    return replace(params, stop_ids=stops)
+
+
+def load(path: str | Path, *, threads: int | None = None, verify: bool = False) -> VLM:
+    """Open a bundle made by `edgevlm convert`."""
+    return VLM(path, threads=threads, verify=verify)
