@@ -119,11 +119,34 @@ def _chat(args: argparse.Namespace) -> int:
     return run_chat(opts)
 
 
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measure load, vision, prefill, first token, decode and memory of a bundle")
+    p.add_argument("-m", "--model", type=Path, required=True, help="bundle folder")
+    p.add_argument("--image", type=Path, help="image to encode (default: a synthetic one of --tiles tiles)")
+    p.add_argument("--tiles", type=int, choices=range(1, 13), metavar="1..12", default=1, help="tiles (default 1)")
+    p.add_argument("--prompt-tokens", type=_positive(int, "--prompt-tokens", 1), default=20, help="question tokens")
+    p.add_argument("--gen-tokens", type=_positive(int, "--gen-tokens", 2), default=64)
+    p.add_argument("--runs", type=_positive(int, "--runs", 1), default=3)
+    p.add_argument("--threads", type=_positive(int, "--threads", 1), default=None)
+    p.add_argument("--json", type=Path, help="also write the figures as JSON here")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import BenchOptions, run_bench
+
+    if args.image and not args.image.is_file():
+        raise UserError(f"{args.image}: no such file")
+    opts = BenchOptions(bundle=args.model, image=args.image, tiles=args.tiles, prompt_tokens=args.prompt_tokens,
+                        gen_tokens=args.gen_tokens, runs=args.runs, threads=args.threads)  # fmt: skip
+    return run_bench(opts, args.json)
+
+
 # name -> (add the subparser, run it)
 COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]] = {
     "convert": (_add_convert, _convert),
     "verify": (_add_verify, _verify),
     "chat": (_add_chat, _chat),
+    "bench": (_add_bench, _bench),
     "info": (_add_info, _info),
 }
 

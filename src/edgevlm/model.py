@@ -77,9 +77,14 @@ class VLM:
         self.config = m.model
         self.tokenizer = Tokenizer.from_file(str(self.folder / m.parts["tokenizer"].file))
         self.prompt = PromptEncoder(self.tokenizer, m.model.template, m.model.tokens_per_tile)
-        self.vision = OrtVisionEncoder(self.folder / m.parts["vision"].file, threads=threads)
+        # The LLM first: its load peak (packed and unpacked weights at once) then comes before the vision
+        # weights are resident, which measured 130 MB lower than the other order.
+        start = time.perf_counter()
         self.lm = OrtLanguageModel(self.folder / m.parts["llm"].file, EmbeddingTable(self.folder), m.model.text,
                                    max_context=m.context_length, threads=threads)  # fmt: skip
+        middle = time.perf_counter()
+        self.vision = OrtVisionEncoder(self.folder / m.parts["vision"].file, threads=threads)
+        self.load_times = {"llm": middle - start, "vision": time.perf_counter() - middle}
         self._cached: list[object] = []  # one key per KV row: a token id, or (image digest, row) for image rows
 
     @property

@@ -10,7 +10,6 @@ exactly as the reference (transformers' tokenizer on the rendered string) does.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -164,8 +163,11 @@ class PromptEncoder:
 
 
 def _without_added_tokens(tokenizer: Tokenizer) -> Tokenizer:
-    """A copy of the tokenizer that treats every string as plain text."""
-    spec = json.loads(tokenizer.to_str())
-    spec["added_tokens"] = []
-    spec["post_processor"] = None
-    return Tokenizer.from_str(json.dumps(spec))
+    """A tokenizer sharing the same BPE model and pre-processing, but knowing no added tokens, so
+    every string is plain text. (Sharing, not copying: a JSON round trip of the 151k vocabulary
+    measured 0.6 s of load time.)"""
+    plain = Tokenizer(tokenizer.model)
+    plain.normalizer = tokenizer.normalizer
+    plain.pre_tokenizer = tokenizer.pre_tokenizer
+    plain.decoder = tokenizer.decoder
+    return plain

@@ -1,0 +1,181 @@
+"""`edgevlm bench`: load, vision, prefill, first token, decode and memory of a bundle, per stage.
+
+Each figure is the median, min and max over `runs` runs after one warm-up run. Each run is a fresh
+process (so its peak resident memory is that of one load and one answer): it drops the bundle's
+files from the page cache (posix_fadvise DONTNEED), loads cold, answers, notes its peak memory,
+then measures a warm load.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .bundle import open_bundle
+from .runtime.ort import cache_root, default_threads
+from .runtime.sampling import SamplingParams
+
+KEYS = ("load_cold_s", "load_warm_s", "vision_ms_per_tile", "prefill_tok_s", "ttft_ms", "decode_tok_s", "peak_rss_mb")
+EXTRA = ("llm_load_cold_s", "llm_load_warm_s", "vision_load_cold_s", "vision_load_warm_s", "vision_ms",
+         "prefill_tokens", "prefill_ms")  # fmt: skip
+BOARD_DEMO = {"ram_gb": 1.3, "llm_cold_s": 6.8, "llm_warm_s": 1.1, "vlm_cold_s": 7.8, "vlm_warm_s": 0.75,
+              "resolution": "448x448 (one padded tile)", "tokens_s": 30}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    bundle: Path
+    image: Path | None = None
+    tiles: int = 1
+    prompt_tokens: int = 20
+    gen_tokens: int = 64
+    runs: int = 3
+    threads: int | None = None
+
+
+def drop_page_cache(paths: list[Path]) -> bool:
+    """Ask the kernel to forget these files' cached pages; False where that is not possible."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return True
+
+
+def _rss_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _question(tokenizer_encode: Any, n: int) -> str:
+    """A question of exactly n text tokens (' cat' is one token in Qwen2's vocabulary)."""
+    text = "Describe" + " cat" * (n - 1)
+    while len(tokenizer_encode(text)) > n and text.count(" cat"):
+        text = text[: -len(" cat")]
+    return text
+
+
+def _picture(opts: BenchOptions) -> Image.Image:
+    if opts.image:
+        return Image.open(opts.image)
+    # A strip of exactly `tiles` tiles (plus InternVL's thumbnail when more than one).
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (448, 448 * opts.tiles, 3), dtype=np.uint8))
+
+
+def _timed_load(folder: Path, threads: int | None) -> tuple[Any, float, float, float]:
+    from .model import VLM
+
+    start = time.perf_counter()
+    model = VLM(folder, threads=threads)
+    total = time.perf_counter() - start
+    return model, total, model.load_times["llm"], model.load_times["vision"]
+
+
+def _bundle_files(folder: Path) -> list[Path]:
+    files = [p for p in folder.iterdir() if p.is_file()]
+    root = cache_root()
+    return files + ([p for p in root.rglob("*") if p.is_file()] if root.exists() else [])
+
+
+def run_once(opts: BenchOptions) -> dict[str, float]:
+    """A cold load, one answer, then a warm load: the raw figures of one run (call in a fresh process)."""
+    dropped = drop_page_cache(_bundle_files(opts.bundle))
+    model, cold, llm_cold, vis_cold = _timed_load(opts.bundle, opts.threads)
+    question = _question(model.prompt.encode_text, opts.prompt_tokens)
+    params = SamplingParams(max_tokens=opts.gen_tokens, stop_ids=(-1,))  # never stops early
+    session = model.session(max_tiles=opts.tiles)
+    for _ in session.ask(question, [_picture(opts)], params):
+        pass
+    peak = _rss_peak_mb()
+    s = session.last_stats
+    g = s.generation
+    del model, session
+    gc.collect()
+    _, warm, llm_warm, vis_warm = _timed_load(opts.bundle, opts.threads)
+    out = {
+        "load_cold_s": cold, "load_warm_s": warm, "llm_load_cold_s": llm_cold, "llm_load_warm_s": llm_warm,
+        "vision_load_cold_s": vis_cold, "vision_load_warm_s": vis_warm, "vision_ms": s.vision_ms,
+        "vision_ms_per_tile": s.vision_ms / max(s.tiles, 1), "tiles": s.tiles, "prefill_tokens": g.prompt_tokens,
+        "prefill_ms": g.prefill_ms, "prefill_tok_s": g.prefill_tok_s, "ttft_ms": s.ttft_ms,
+        "decode_tok_s": g.decode_tok_s, "peak_rss_mb": peak, "page_cache_dropped": float(dropped),
+    }  # fmt: skip
+    return out
+
+
+def _run_in_child(opts: BenchOptions) -> dict[str, float]:
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_once, (opts,))
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def bench(opts: BenchOptions) -> dict[str, Any]:
+    manifest = open_bundle(opts.bundle)
+    _run_in_child(opts)  # warm-up: first-time caches (optimised graphs) are built here
+    samples = [_run_in_child(opts) for _ in range(opts.runs)]
+    result: dict[str, Any] = {k: _summary([s[k] for s in samples]) for k in KEYS + EXTRA}
+    result.update(
+        bundle=str(opts.bundle), llm=manifest.parts["llm"].precision, vision=manifest.parts["vision"].precision,
+        tiles=int(samples[0]["tiles"]), prompt_tokens=int(samples[0]["prefill_tokens"]), gen_tokens=opts.gen_tokens,
+        question_tokens=opts.prompt_tokens, threads=opts.threads or default_threads(), runs=opts.runs,
+        page_cache_dropped=bool(samples[0]["page_cache_dropped"]), board_demo=BOARD_DEMO, samples=samples,
+    )  # fmt: skip
+    return result
+
+
+def format_table(r: dict[str, Any]) -> str:
+    def m(key: str, fmt: str = "{:.2f}") -> str:
+        return fmt.format(r[key]["median"])
+
+    head = "| | RAM (GB) | LLM cold (s) | LLM warm (s) | VLM cold (s) | VLM warm (s) | resolution | tokens/s |"
+    rule = "|---|---|---|---|---|---|---|---|"
+    b = r["board_demo"]
+    ours = (f"| edgevlm ({r['llm']} + {r['vision']} vision, {r['threads']} threads) | "
+            f"{r['peak_rss_mb']['median'] / 1024:.2f} | {m('llm_load_cold_s')} | {m('llm_load_warm_s')} | "
+            f"{m('vision_load_cold_s')} | {m('vision_load_warm_s')} | {r['tiles']} x 448x448 tiles | "
+            f"{m('decode_tok_s', '{:.1f}')} |")  # fmt: skip
+    board = (f"| board demo (RK3588 NPU, published) | {b['ram_gb']} | {b['llm_cold_s']} | {b['llm_warm_s']} | "
+             f"{b['vlm_cold_s']} | {b['vlm_warm_s']} | {b['resolution']} | {b['tokens_s']} |")  # fmt: skip
+    stages = [
+        ("load, cold (whole model)", "load_cold_s", "s"), ("load, warm", "load_warm_s", "s"),
+        ("vision per tile", "vision_ms_per_tile", "ms"), ("prefill", "prefill_tok_s", "tokens/s"),
+        ("time to first token", "ttft_ms", "ms"), ("decode", "decode_tok_s", "tokens/s"),
+        ("peak resident memory", "peak_rss_mb", "MB"),
+    ]  # fmt: skip
+    rows = [
+        f"| {name} | {r[k]['median']:.2f} {unit} | {r[k]['min']:.2f} | {r[k]['max']:.2f} |" for name, k, unit in stages
+    ]
+    footer = (f"prompt {r['prompt_tokens']} tokens ({r['question_tokens']}-token question + {r['tiles']} tile(s)), "
+              f"{r['gen_tokens']} generated, {r['runs']} runs after a warm-up")  # fmt: skip
+    if not r["page_cache_dropped"]:
+        footer += "\nnote: the page cache could not be dropped; cold = warm here."
+    stage_head = ["| stage | median | min | max |", "|---|---|---|---|"]
+    return "\n".join([head, rule, ours, board, "", *stage_head, *rows, "", footer])
+
+
+def run_bench(opts: BenchOptions, json_path: Path | None) -> int:
+    result = bench(opts)
+    print(format_table(result))
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {json_path}", file=sys.stderr)
+    return 0

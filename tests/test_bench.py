@@ -1,0 +1,25 @@
+import json
+import subprocess
+import sys
+
+from edgevlm.bench import EXTRA, KEYS
+from edgevlm.convert import ConvertOptions, convert
+
+
+def test_bench_json_on_a_tiny_bundle(tiny_ckpt, tmp_path):
+    convert(tiny_ckpt["hf"], tmp_path / "b", ConvertOptions(), log=lambda m: None)
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, "-m", "edgevlm", "bench", "-m", str(tmp_path / "b"), "--runs", "2",
+                        "--gen-tokens", "8", "--tiles", "2", "--json", str(out)],
+                       capture_output=True, text=True, check=True)  # fmt: skip
+    assert "| board demo" in r.stdout and "time to first token" in r.stdout
+    d = json.loads(out.read_text())
+    for key in KEYS + EXTRA:
+        assert set(d[key]) == {"median", "min", "max"}, key
+        assert 0 < d[key]["min"] <= d[key]["median"] <= d[key]["max"], key
+    assert d["tiles"] == 3  # two tiles and the thumbnail
+    assert d["runs"] == 2 and d["gen_tokens"] == 8 and d["threads"] >= 1 and d["bundle"].endswith("b")
+    assert d["prompt_tokens"] > 3 * 256
+    for s in d["samples"]:  # the first token waits for the vision encoder and the prefill
+        assert s["ttft_ms"] >= s["vision_ms"] + s["prefill_ms"]
+        assert abs(s["vision_ms_per_tile"] * s["tiles"] - s["vision_ms"]) < 1e-6
