@@ -141,12 +141,37 @@ def _bench(args: argparse.Namespace) -> int:
     return run_bench(opts, args.json)
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (needs the [server] extra)")
+    from .server.settings import add_arguments
+
+    add_arguments(p)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UserError("the server needs its extra: pip install 'edgevlm[server]'") from None
+    from .server.app import serve
+    from .server.settings import from_namespace
+
+    try:
+        settings = from_namespace(args)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    serve(settings)
+    return 0
+
+
 # name -> (add the subparser, run it)
 COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]] = {
     "convert": (_add_convert, _convert),
     "verify": (_add_verify, _verify),
     "chat": (_add_chat, _chat),
     "bench": (_add_bench, _bench),
+    "serve": (_add_serve, _serve),
     "info": (_add_info, _info),
 }
 
@@ -169,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .runtime.memory import pin_mmap_threshold
+
+    pin_mmap_threshold()
     try:
         return COMMANDS[args.command][1](args)
     except _user_errors() as e:

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from .bundle import Manifest, open_bundle
 from .embedding import EmbeddingTable
-from .image import ImageSource, Tiles, load_tiles
+from .image import DEFAULT_MAX_PIXELS, ImageSource, Tiles, load_tiles
 from .prompt import PromptEncoder
 from .runtime.decoder import OrtLanguageModel
 from .runtime.generate import GenerationStats, StreamChunk, stream_generate
@@ -91,11 +91,13 @@ class VLM:
     def context_length(self) -> int:
         return self.manifest.context_length
 
-    def encode_image(self, source: ImageSource, *, max_tiles: int | None = None) -> EncodedImage:
+    def encode_image(self, source: ImageSource, *, max_tiles: int | None = None,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:  # fmt: skip
         """Load and tile an image (features are computed when first needed)."""
         m = self.manifest
         tiles = load_tiles(source, min_tiles=min(m.min_tiles, max_tiles or m.max_tiles),
-                           max_tiles=max_tiles or m.max_tiles, use_thumbnail=m.model.use_thumbnail)  # fmt: skip
+                           max_tiles=max_tiles or m.max_tiles, use_thumbnail=m.model.use_thumbnail,
+                           max_pixels=max_pixels)  # fmt: skip
         return EncodedImage(tiles, hashlib.sha1(tiles.pixels.tobytes()).hexdigest())
 
     def _features(self, image: EncodedImage, stats: TurnStats) -> np.ndarray:

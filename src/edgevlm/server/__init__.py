@@ -1,0 +1,1 @@
+"""`edgevlm serve`: an OpenAI-compatible HTTP server (needs the `[server]` extra)."""

@@ -1,0 +1,74 @@
+"""Server settings, each declared once: usable as a flag (--max-queue) and an environment
+variable (EDGEVLM_MAX_QUEUE); the flag wins."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    model_name: str | None = None  # the id clients use; default: the bundle folder's name
+    max_queue: int = 8  # requests that may wait while one generates; more get 429
+    max_body_mb: float = 20.0
+    max_images: int = 4  # per request
+    max_image_pixels: int = 32_000_000
+    max_tiles: int | None = None
+    allow_remote_images: bool = False
+    allow_local_images: Path | None = None  # file:// URLs only from inside this folder
+    remote_image_max_mb: float = 20.0
+    remote_image_timeout: float = 10.0
+    threads: int | None = None
+
+
+HELP = {
+    "model": "bundle folder", "host": "address to listen on (loopback by default)", "port": "TCP port",
+    "api_key": "require 'Authorization: Bearer KEY'", "model_name": "model id reported to clients",
+    "max_queue": "requests allowed to wait for the model", "max_body_mb": "largest request body",
+    "max_images": "images per request", "max_image_pixels": "pixels per image", "max_tiles": "tiles per image",
+    "allow_remote_images": "fetch http(s) image URLs", "allow_local_images": "serve file:// images from this folder",
+    "remote_image_max_mb": "largest remote image", "remote_image_timeout": "seconds to fetch a remote image",
+    "threads": "ONNX Runtime threads",
+}  # fmt: skip
+
+
+def _kind(f: object) -> type:
+    text = str(f.type)  # type: ignore[attr-defined]
+    return bool if "bool" in text else Path if "Path" in text else float if "float" in text else \
+        int if "int" in text else str  # fmt: skip
+
+
+def _env(name: str, kind: type) -> object:
+    raw = os.environ.get("EDGEVLM_" + name.upper())
+    if raw is None:
+        return None
+    if kind is bool:
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    return kind(raw)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    for f in fields(ServerSettings):
+        kind, flag = _kind(f), "--" + f.name.replace("_", "-")
+        names = ["-m", flag] if f.name == "model" else [flag]
+        env = _env(f.name, kind)
+        default = env if env is not None else (None if f.name == "model" else f.default)
+        helptext = f"{HELP[f.name]} (env EDGEVLM_{f.name.upper()})"
+        if kind is bool:
+            p.add_argument(*names, dest=f.name, action="store_true", default=default, help=helptext)
+        else:
+            p.add_argument(*names, dest=f.name, type=kind, default=default, help=helptext)
+
+
+def from_namespace(args: argparse.Namespace) -> ServerSettings:
+    values = {f.name: getattr(args, f.name) for f in fields(ServerSettings)}
+    if values["model"] is None:
+        raise ValueError("a bundle is required: -m BUNDLE or EDGEVLM_MODEL")
+    return ServerSettings(**values)
