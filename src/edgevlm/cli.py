@@ -165,6 +165,20 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export-rk3588", help="make and check the NPU artifacts (.rknn vision, .rkllm recipe)")
+    p.add_argument("src", help="checkpoint folder or hub id (or a bundle whose source checkpoint is here)")
+    p.add_argument("out", type=Path, help="bundle to add the artifacts to (converted from SRC if missing)")
+    p.add_argument("--target", default="rk3588", choices=["rk3588", "rk3576", "rk3562"])
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .rk3588.export import export_rk3588
+
+    export_rk3588(args.src, args.out, target=args.target)
+    return 0
+
+
 # name -> (add the subparser, run it)
 COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]] = {
     "convert": (_add_convert, _convert),
@@ -172,6 +186,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable
     "chat": (_add_chat, _chat),
     "bench": (_add_bench, _bench),
     "serve": (_add_serve, _serve),
+    "export-rk3588": (_add_export, _export),
     "info": (_add_info, _info),
 }
 
@@ -213,11 +228,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .convert import ConvertError
     from .image import ImageError
+    from .rk3588.export import ExportError
     from .runtime.decoder import ContextOverflow
     from .tokenizer import TokenizerError
 
-    return (UserError, CheckpointError, ConfigError, BundleError, ConvertError, ImageError, ContextOverflow,
-            TokenizerError, FileNotFoundError, FileExistsError)  # fmt: skip
+    return (UserError, ExportError, CheckpointError, ConfigError, BundleError, ConvertError, ImageError,
+            ContextOverflow, TokenizerError, FileNotFoundError, FileExistsError)  # fmt: skip
 
 
 if __name__ == "__main__":

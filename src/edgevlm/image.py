@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .imagenet import IMAGENET_MEAN, IMAGENET_STD
+
 TILE = 448
 MAX_TILES = 12
 DEFAULT_MAX_PIXELS = 64_000_000  # a 64 MP photo is ~200 MB as RGB; above that is likely a bomb
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 ImageSource = str | Path | bytes | bytearray | memoryview | Image.Image
 

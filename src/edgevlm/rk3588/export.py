@@ -1,0 +1,166 @@
+"""`edgevlm export-rk3588`: the NPU artifacts of a bundle, checked before they reach a board.
+
+Vision: the fp32 graph in its NPU form (one static tile, standard ONNX ops, opset 17) is turned
+into an fp16 `.rknn` by rknn-toolkit2 with ImageNet mean/std baked in, so the board feeds uint8
+NHWC pixels. The same build runs in Rockchip's x86 simulator on a test tile and must match ONNX
+Runtime fp32 with cosine >= 0.999, or nothing is recorded.
+
+LLM: `.rkllm` files come from Rockchip's rkllm-toolkit (not on any registry reachable here). When
+it is importable the conversion runs; otherwise a ready recipe is written beside the bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..bundle import Part, open_bundle, write_manifest
+from ..checkpoint import open_checkpoint
+from ..convert import ConvertError, ConvertOptions, convert, resolve_source
+from ..graphs.vision import VisionGraphSpec, build_vision_graph
+from ..image import normalize
+from ..runtime.vision import OrtVisionEncoder
+
+TARGETS = ("rk3588", "rk3576", "rk3562")
+MIN_COSINE = 0.999
+RKNN_FILE = "vision.{target}.rknn"
+RECIPE_FILE = "llm_rkllm_recipe.py"
+
+
+class ExportError(ValueError):
+    """The NPU export cannot be made or did not pass its check."""
+
+
+def rknn_python() -> Path:
+    """The interpreter of the rknn-toolkit2 environment."""
+    env = os.environ.get("EDGEVLM_RKNN_PYTHON")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[3] / ".venv-rknn" / "bin" / "python")
+    for c in candidates:
+        if c.exists():
+            return c
+    raise ExportError("rknn-toolkit2 is not set up: run scripts/setup-rknn (or set EDGEVLM_RKNN_PYTHON to the "
+                      "python of an environment with rknn-toolkit2 2.5.0)")  # fmt: skip
+
+
+def probe_tile(seed: int = 0) -> np.ndarray:
+    """A deterministic uint8 [448,448,3] tile with structure (gradients) and noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:448, 0:448]
+    base = np.stack([x * 255 / 447, y * 255 / 447, (x + y) * 255 / 894], axis=-1)
+    return np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+
+
+def _source_checkpoint(src: str | Path) -> Path:
+    path = Path(src)
+    if (path / "manifest.json").exists():  # a bundle: go back to the checkpoint it was made from
+        origin = Path(open_bundle(path).source.get("path", ""))
+        if not (origin / "config.json").exists():
+            raise ExportError(f"{src} is a bundle whose source checkpoint ({origin}) is not here; pass the checkpoint")
+        return origin
+    return resolve_source(src)
+
+
+def export_vision(ck_dir: Path, out: Path, target: str, log: Callable[[str], None]) -> dict:
+    """Build, simulate and check the vision .rknn; returns the check's figures."""
+    ck = open_checkpoint(ck_dir)
+    with tempfile.TemporaryDirectory(prefix="edgevlm-rknn-") as tmp:
+        work = Path(tmp)
+        onnx_path = build_vision_graph(ck.get, ck.config, work / "vision_npu.onnx",
+                                       VisionGraphSpec("fp32", batch=1, contrib=False))  # fmt: skip
+        tile = probe_tile()
+        from PIL import Image
+
+        ref = OrtVisionEncoder(onnx_path, cache=False).encode(normalize(Image.fromarray(tile))[None])[0]
+        np.save(work / "tile.npy", tile)
+        np.save(work / "ref.npy", ref)
+        target_file = out / RKNN_FILE.format(target=target)
+        log(f"building {target_file.name} with rknn-toolkit2 and checking it in the simulator ...")
+        cmd = [str(rknn_python()), str(Path(__file__).with_name("rknn_build.py")), "--onnx", str(onnx_path),
+               "--out", str(work / target_file.name), "--target", target, "--tile", str(work / "tile.npy"),
+               "--ref", str(work / "ref.npy")]  # fmt: skip
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in run.stdout.splitlines() if ln.startswith("{")]
+        if run.returncode != 0 or not lines:
+            tail = (run.stderr or run.stdout).strip().splitlines()[-5:]
+            raise ExportError("rknn-toolkit2 failed: " + " | ".join(tail))
+        check = json.loads(lines[-1])
+        if check["cosine"] < MIN_COSINE:
+            raise ExportError(f"simulated {target} vision encoder differs from ONNX Runtime fp32: cosine "
+                              f"{check['cosine']:.6f} < {MIN_COSINE}")  # fmt: skip
+        os.replace(work / target_file.name, target_file)
+    log(f"{target_file.name}: simulator vs ONNX Runtime fp32 cosine {check['cosine']:.6f} "
+        f"(worst token {check['token_cosine_min']:.6f}), build {check['build_s']:.0f} s")  # fmt: skip
+    return check
+
+
+RECIPE = '''"""Convert the InternVL3 language model to .rkllm for {target} (w8a8) with Rockchip's rkllm-toolkit.
+
+Run on an x86_64 Linux machine with rkllm-toolkit 1.3.0 installed (from Rockchip's rknn-llm
+releases), then copy the .rkllm into the bundle folder and run `edgevlm export-rk3588` again
+(or just put it there: the board backend looks for {out_name}).
+
+    python {recipe}
+"""
+
+from rkllm.api import RKLLM
+
+llm = RKLLM()
+assert llm.load_huggingface(model={checkpoint!r}, device="cpu") == 0, "load failed"
+assert llm.build(do_quantization=True, optimization_level=1, quantized_dtype="w8a8",
+                 target_platform={target!r}, num_npu_core=3, max_context={context}) == 0, "build failed"
+assert llm.export_rkllm({out!r}) == 0, "export failed"
+print("wrote", {out!r})
+'''
+
+
+def export_llm(ck_dir: Path, out: Path, target: str, context: int, log: Callable[[str], None]) -> Path | None:
+    """Run rkllm-toolkit when importable; otherwise write its recipe. Returns the .rkllm if made."""
+    rkllm_out = out / f"llm.{target}.rkllm"
+    recipe = out / RECIPE_FILE
+    # rkllm-toolkit loads the language model part of a checkpoint (a Qwen2 in InternVL3).
+    text = RECIPE.format(target=target, checkpoint=str(ck_dir.resolve()), context=context,
+                         out=str(rkllm_out.resolve()), out_name=rkllm_out.name, recipe=recipe.name)  # fmt: skip
+    recipe.write_text(text)
+    try:
+        import rkllm.api  # noqa: F401
+    except ImportError:
+        log(f"rkllm-toolkit is not installed here: wrote {recipe}; run it with `python {recipe.name}` on an "
+            "x86_64 Linux machine that has rkllm-toolkit 1.3.0")  # fmt: skip
+        return None
+    subprocess.run([sys.executable, str(recipe)], check=True)
+    return rkllm_out
+
+
+def export_rk3588(src: str | Path, out: str | Path, *, target: str = "rk3588",
+                  log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> Path:  # fmt: skip
+    """Add the NPU artifacts for `target` to the bundle `out` (converting `src` into it first if needed)."""
+    if target not in TARGETS:
+        raise ExportError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
+    out = Path(out)
+    ck_dir = _source_checkpoint(src)
+    if not (out / "manifest.json").exists():
+        if out.exists() and any(out.iterdir()):
+            raise ConvertError(f"{out} exists and is not a bundle")
+        convert(ck_dir, out, ConvertOptions(force=out.exists()), log=log)
+    manifest = open_bundle(out)
+    check = export_vision(ck_dir, out, target, log)
+    rkllm_file = export_llm(ck_dir, out, target, manifest.context_length, log)
+    parts = dict(manifest.parts)
+    parts[f"vision_{target}"] = Part(RKNN_FILE.format(target=target), "fp16", {
+        "target": target, "input": "uint8 NHWC [1,448,448,3], ImageNet mean/std inside",
+        "simulator_cosine": round(check["cosine"], 7),
+        "simulator_token_cosine_min": round(check["token_cosine_min"], 7),
+    })  # fmt: skip
+    if rkllm_file and rkllm_file.exists():
+        parts[f"llm_{target}"] = Part(rkllm_file.name, "w8a8", {"target": target, "runtime": "rkllm 1.3.0"})
+    write_manifest(out, replace(manifest, parts=parts))
+    return out

@@ -1,0 +1,80 @@
+"""Build a .rknn from the NPU form of the vision graph, then check it in Rockchip's simulator.
+
+Runs inside the rknn-toolkit2 environment (scripts/setup-rknn), which has its own old numpy and
+onnx, so it imports nothing from edgevlm: `python rknn_build.py --onnx ... --out ...`. The
+simulator can only run a model built in the same process, so build and check happen together.
+Prints one JSON line: {"cosine", "token_cosine_min", "build_s", "simulate_s", "rss_mb"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]  # ImageNet mean/std in 0..255: baked into the model
+STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+
+
+def _encode_with_backend(rknn: object, pixels: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Run tiles through edgevlm's board backend class with the simulator as its runtime."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # src/, for edgevlm (numpy-only here)
+    from edgevlm.rk3588.rknn_lite import RknnVisionEncoder
+
+    return RknnVisionEncoder(rknn, ref.shape[-2], ref.shape[-1]).encode(pixels)
+
+
+def build_and_check(onnx_path: str, out: str, target: str, tile: np.ndarray, ref: np.ndarray,
+                    pixels: np.ndarray | None = None) -> tuple[dict, np.ndarray | None]:  # fmt: skip
+    from rknn.api import RKNN
+
+    rknn = RKNN(verbose=False)
+    try:
+        start = time.time()
+        rknn.config(mean_values=[MEAN], std_values=[STD], target_platform=target)
+        for step, ret in (("load_onnx", lambda: rknn.load_onnx(model=onnx_path)),
+                          ("build", lambda: rknn.build(do_quantization=False)),
+                          ("export_rknn", lambda: rknn.export_rknn(out))):  # fmt: skip
+            if ret() != 0:
+                raise RuntimeError(f"rknn {step} failed")
+        built = time.time()
+        if rknn.init_runtime() != 0:  # no target: the x86 simulator
+            raise RuntimeError("rknn init_runtime (simulator) failed")
+        got = np.asarray(rknn.inference(inputs=[tile[None]], data_format="nhwc")[0], dtype=np.float32)
+        simulated = time.time()
+        features = _encode_with_backend(rknn, pixels, ref) if pixels is not None else None
+    finally:
+        rknn.release()
+    got, ref = got.reshape(ref.shape), ref.astype(np.float32)
+    per_token = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1) + 1e-12)
+    cosine = float((got * ref).sum() / (np.linalg.norm(got) * np.linalg.norm(ref) + 1e-12))
+    return {"cosine": cosine, "token_cosine_min": float(per_token.min()), "build_s": built - start,
+            "simulate_s": simulated - built, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            }, features  # fmt: skip
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--onnx", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--target", default="rk3588")
+    p.add_argument("--tile", required=True, help="uint8 [448,448,3] .npy test tile")
+    p.add_argument("--ref", required=True, help="ONNX Runtime fp32 features of that tile (.npy)")
+    p.add_argument("--pixels", help="normalised tiles [N,3,448,448] (.npy) to run through the board backend class")
+    p.add_argument("--features-out", help="where to save those tiles' features (.npy)")
+    args = p.parse_args()
+    pixels = np.load(args.pixels) if args.pixels else None
+    result, features = build_and_check(args.onnx, args.out, args.target, np.load(args.tile), np.load(args.ref), pixels)
+    if features is not None:
+        np.save(args.features_out, features)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The RKLLM 1.3.0 binding against a C library with the same ABI, compiled here."""
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgevlm.rk3588 import rkllm
+
+STUB = Path(__file__).parent / "native" / "rkllm_stub.c"
+
+
+@pytest.fixture(scope="module")
+def lib_path(tmp_path_factory):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the RKLLM stand-in library")
+    out = tmp_path_factory.mktemp("rkllm") / "librkllmrt.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(out), str(STUB)], check=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stub(lib_path):
+    lib = ctypes.CDLL(str(lib_path))
+    lib.stub_sizeof.restype = lib.stub_offsetof.restype = ctypes.c_size_t
+    lib.stub_str.restype = ctypes.c_char_p
+    lib.stub_num.restype = ctypes.c_double
+    for f in ("stub_sizeof", "stub_offsetof", "stub_str", "stub_num"):
+        getattr(lib, f).argtypes = [ctypes.c_char_p]
+    return lib
+
+
+@pytest.fixture()
+def model(lib_path):
+    m = rkllm.RkllmModel("/models/internvl3-1b.rkllm", library=lib_path, max_context=2048, max_new_tokens=77)
+    yield m
+    m.close()
+
+
+@pytest.mark.parametrize(
+    "name", ["Param", "ExtendParam", "Result", "Input", "MultimodalInput", "ImageInput", "InferParam", "Callbacks",
+             "PerfStat"],
+)  # fmt: skip
+def test_struct_sizes_match_the_c_abi(stub, name):
+    assert ctypes.sizeof(getattr(rkllm, name)) == stub.stub_sizeof(name.encode())
+
+
+@pytest.mark.parametrize(
+    ("struct", "field", "c_name"),
+    [("Param", "extend_param", None), ("Param", "skip_special_token", None), ("Param", "top_p", None),
+     ("Result", "perf", None), ("Result", "token_id", None), ("Input", "input_type", None),
+     ("Input", "input_data", None), ("ImageInput", "image_width", None), ("MultimodalInput", "video", None),
+     ("InferParam", "keep_history", None), ("InferParam", "max_new_tokens", None), ("ExtendParam", "reserved", None)],
+)  # fmt: skip
+def test_field_offsets_match_the_c_abi(stub, struct, field, c_name):
+    offset = getattr(rkllm, struct)
+    assert getattr(offset, field).offset == stub.stub_offsetof(f"{struct}.{field}".encode())
+
+
+def test_init_passes_parameters(model, stub):
+    assert stub.stub_str(b"model_path") == b"/models/internvl3-1b.rkllm"
+    assert stub.stub_num(b"max_context_len") == 2048 and stub.stub_num(b"max_new_tokens_param") == 77
+    assert stub.stub_num(b"temperature") == 0.0 and stub.stub_num(b"top_k") == 1
+    assert stub.stub_num(b"skip_special_token") == 1 and stub.stub_num(b"base_domain_id") == 1
+
+
+def test_multimodal_run_streams_whole_characters(model, stub):
+    images = np.arange(2 * 3 * 8, dtype=np.float32).reshape(2, 3, 8) / 10  # 2 images, 3 tokens, dim 8
+    pieces = []
+    perf = model.run("Image-1: <image>\nImage-2: <image>\nDescribe.", lambda t, i: pieces.append(t), images=images,
+                     image_size=(448, 448), keep_history=True, max_new_tokens=33)  # fmt: skip
+    assert "".join(pieces) == "Hello 你好! more more more"
+    assert all("\ufffd" not in p for p in pieces)
+    assert stub.stub_num(b"input_type") == rkllm.INPUT_MULTIMODAL
+    assert stub.stub_num(b"n_image") == 2 and stub.stub_num(b"n_image_tokens") == 3
+    assert stub.stub_num(b"image_width") == 448 and stub.stub_num(b"image_height") == 448
+    assert stub.stub_str(b"image_start") == b"<img>" and stub.stub_str(b"image_end") == b"</img>"
+    assert stub.stub_str(b"image_content") == b"<IMG_CONTEXT>"
+    assert stub.stub_num(b"embed_sum") == pytest.approx(float(images.sum()), rel=1e-6)
+    assert stub.stub_num(b"embed_last") == pytest.approx(float(images.ravel()[-1]))
+    assert stub.stub_str(b"prompt").startswith(b"Image-1: <image>")
+    assert stub.stub_num(b"keep_history") == 1 and stub.stub_num(b"max_new_tokens") == 33
+    assert perf == rkllm.Perf(12.5, 42, 7.25, 8, 321.0)
+
+
+def test_text_run_and_history_flag(model, stub):
+    out = []
+    model.run("Hi", lambda t, i: out.append(i), keep_history=False)
+    assert stub.stub_num(b"input_type") == rkllm.INPUT_PROMPT and stub.stub_num(b"keep_history") == 0
+    assert stub.stub_str(b"prompt") == b"Hi" and out[0] == 100
+
+
+def test_abort_from_the_callback_stops_the_answer(model):
+    seen = []
+    perf = model.run("Hi", lambda t, i: seen.append(t) or len(seen) < 2)  # False on the second piece
+    assert len(seen) == 2 and perf.generate_tokens == 2
+
+
+def test_error_state_raises(model):
+    with pytest.raises(rkllm.RkllmError, match="reported an error"):
+        model.run("fail", lambda t, i: None)
+
+
+def test_version_check(lib_path, tmp_path):
+    assert rkllm.library_version(lib_path) == (1, 3, 0)
+    old = tmp_path / "librkllmrt.so"
+    old.write_bytes(lib_path.read_bytes().replace(b"version: 1.3.0", b"version: 1.2.1"))
+    with pytest.raises(rkllm.RkllmError, match="1.2.1.*1.3.x"):
+        rkllm.RkllmModel("m.rkllm", library=old)
+
+
+def test_missing_library_is_a_clear_error(tmp_path):
+    with pytest.raises(rkllm.RkllmError, match="cannot load the RKLLM runtime"):
+        rkllm.RkllmModel("m.rkllm", library=tmp_path / "nope.so", verify_version=False)
+
+
+@pytest.mark.board
+def test_real_runtime_on_a_board():
+    if not Path("/usr/lib/librkllmrt.so").exists():
+        pytest.skip("needs an RK3588 board with librkllmrt.so 1.3.0 installed")
+    assert rkllm.library_version("/usr/lib/librkllmrt.so")[:2] == (1, 3)
