@@ -123,3 +123,45 @@ def test_real_runtime_on_a_board():
     if not Path("/usr/lib/librkllmrt.so").exists():
         pytest.skip("needs an RK3588 board with librkllmrt.so 1.3.0 installed")
     assert rkllm.library_version("/usr/lib/librkllmrt.so")[:2] == (1, 3)
+
+
+class FakeRknn:
+    """An RKNN runtime stand-in: features are the tile's mean pixel, repeated (shape checks only)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def inference(self, inputs, data_format="nhwc"):
+        self.calls.append((inputs[0].shape, inputs[0].dtype, data_format))
+        return [np.full((1, 256, 8), inputs[0].mean() / 255, dtype=np.float32)]
+
+
+def test_board_session_drives_rkllm_per_turn(model, stub):
+    from PIL import Image
+
+    from edgevlm.prompt import PromptEncoder
+    from edgevlm.rk3588.board import BoardSession, defuse
+    from edgevlm.rk3588.rknn_lite import RknnVisionEncoder
+    from edgevlm.testing.vocab import fixture_tokenizer
+
+    runtime = FakeRknn()
+    session = BoardSession(PromptEncoder(fixture_tokenizer()[0]), RknnVisionEncoder(runtime, 256, 8), model,
+                           max_tiles=1)  # fmt: skip
+    img = Image.new("RGB", (640, 480), (200, 100, 50))
+    answer = "".join(session.ask("What is this <|im_end|>?", [img]))
+    assert answer == "Hello 你好! more more more"
+    assert runtime.calls == [((1, 448, 448, 3), np.uint8, "nhwc")]  # one tile, uint8 NHWC
+    sent = stub.stub_str(b"prompt").decode()
+    assert sent.startswith("<|im_start|>system\n") and "<|im_start|>user\n<image>\nWhat is this " in sent
+    assert "<|im_end|>?" not in sent and defuse("<|im_end|>") in sent  # typed control text is defused
+    assert stub.stub_num(b"n_image") == 1 and stub.stub_num(b"n_image_tokens") == 256
+    assert stub.stub_num(b"keep_history") == 1
+    clears = stub.stub_num(b"clears")
+    "".join(session.ask("And the colour?"))
+    second = stub.stub_str(b"prompt").decode()
+    assert second == "\n<|im_start|>user\nAnd the colour?<|im_end|>\n<|im_start|>assistant\n"  # only the new turn
+    assert stub.stub_num(b"input_type") == rkllm.INPUT_PROMPT and stub.stub_num(b"clears") == clears
+    pieces = session.ask("Stop early")
+    next(pieces)
+    pieces.close()  # Ctrl-C: aborts the run, keeps the partial answer
+    assert session.turns[-1].answer == "Hel"

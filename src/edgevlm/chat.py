@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from .image import ImageError
 from .runtime.decoder import ContextOverflow
 from .runtime.sampling import SamplingParams
 from .session import ChatSession
+
+if TYPE_CHECKING:
+    from .rk3588.board import BoardSession
 
 HELP = "commands: /image PATH (attach to the next question), /clear, /stats, /exit"
 
@@ -24,18 +28,25 @@ class ChatOptions:
     max_tiles: int | None = None
     stats: bool = False
     threads: int | None = None
+    backend: str = "auto"  # auto, cpu or rk3588
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
 
-def _stream_plain(session: ChatSession, question: str, images: list[Path], params: SamplingParams,
-                  out: TextIO) -> None:  # fmt: skip
-    for chunk in session.ask(question, images, params):
-        out.write(chunk.text)
+def _pieces(session: ChatSession | BoardSession, question: str, images: list[Path], opts: ChatOptions
+            ) -> Iterator[str]:  # fmt: skip
+    if isinstance(session, ChatSession):
+        return (chunk.text for chunk in session.ask(question, images, opts.sampling))
+    return session.ask(question, images, max_tokens=opts.sampling.max_tokens)
+
+
+def _stream_plain(pieces: Iterator[str], out: TextIO) -> None:
+    for text in pieces:
+        out.write(text)
         out.flush()
     out.write("\n")
 
 
-def _stream_markdown(session: ChatSession, question: str, images: list[Path], params: SamplingParams) -> None:
+def _stream_markdown(pieces: Iterator[str]) -> None:
     """Re-render the answer as Markdown while it streams (terminal only)."""
     from rich.console import Console
     from rich.live import Live
@@ -43,36 +54,65 @@ def _stream_markdown(session: ChatSession, question: str, images: list[Path], pa
 
     text = ""
     with Live(Markdown(""), console=Console(), refresh_per_second=12, vertical_overflow="visible") as live:
-        for chunk in session.ask(question, images, params):
-            text += chunk.text
+        for piece in pieces:
+            text += piece
             live.update(Markdown(text))
 
 
-def _answer(session: ChatSession, question: str, images: list[Path], opts: ChatOptions, markdown: bool) -> None:
-    if markdown:
-        _stream_markdown(session, question, images, opts.sampling)
-    else:
-        _stream_plain(session, question, images, opts.sampling, sys.stdout)
+def _answer(session: ChatSession | BoardSession, question: str, images: list[Path], opts: ChatOptions,
+            markdown: bool) -> None:  # fmt: skip
+    pieces = _pieces(session, question, images, opts)
+    try:
+        _stream_markdown(pieces) if markdown else _stream_plain(pieces, sys.stdout)
+    finally:
+        pieces.close()  # on Ctrl-C too: stops the generation and keeps the partial answer
     if session.dropped_turns:
         print(f"(context full: dropped the {session.dropped_turns} oldest turn(s))", file=sys.stderr)
     if opts.stats and session.last_stats:
         print(session.last_stats.summary(), file=sys.stderr)
 
 
-def run_chat(opts: ChatOptions) -> int:
+def on_rk3588_board() -> bool:
+    """An RK3588 whose NPU libraries load: the board backend is used when a bundle has its artifacts."""
+    try:
+        compatible = Path("/proc/device-tree/compatible").read_bytes()
+    except OSError:
+        return False
+    if b"rk3588" not in compatible:
+        return False
+    try:
+        import ctypes
+
+        import rknnlite.api  # noqa: F401
+
+        ctypes.CDLL("librkllmrt.so")
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def open_session(opts: ChatOptions) -> ChatSession | BoardSession:
+    """A CPU ChatSession, or with backend rk3588 (or auto on a board) a BoardSession."""
+    if opts.backend == "rk3588" or (opts.backend == "auto" and on_rk3588_board()):
+        from .rk3588.board import load_board_session
+
+        return load_board_session(opts.bundle, system=opts.system, max_tiles=opts.max_tiles)
     from .model import load
 
-    model = load(opts.bundle, threads=opts.threads)
-    session = model.session(opts.system, max_tiles=opts.max_tiles)
+    return load(opts.bundle, threads=opts.threads).session(opts.system, max_tiles=opts.max_tiles)
+
+
+def run_chat(opts: ChatOptions) -> int:
+    session = open_session(opts)
     if opts.prompt is not None:
         _answer(session, opts.prompt, list(opts.images), opts, markdown=False)
         return 0
     return _interactive(session, list(opts.images), opts)
 
 
-def _interactive(session: ChatSession, pending: list[Path], opts: ChatOptions) -> int:
+def _interactive(session: ChatSession | BoardSession, pending: list[Path], opts: ChatOptions) -> int:
     markdown = sys.stdout.isatty()
-    print(f"edgevlm chat: {opts.bundle} ({session.model.context_length}-token context). {HELP}", file=sys.stderr)
+    print(f"edgevlm chat: {opts.bundle}. {HELP}", file=sys.stderr)
     while True:
         try:
             line = input("User: ").strip()
@@ -95,7 +135,7 @@ def _interactive(session: ChatSession, pending: list[Path], opts: ChatOptions) -
         pending.clear()
 
 
-def _command(session: ChatSession, line: str, pending: list[Path]) -> str | None:
+def _command(session: ChatSession | BoardSession, line: str, pending: list[Path]) -> str | None:
     name, _, arg = line.partition(" ")
     if name in ("/exit", "/quit"):
         return "exit"

@@ -102,6 +102,12 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tiles", type=int, choices=range(1, 13), metavar="1..12", default=None)
     p.add_argument("--threads", type=_positive(int, "--threads", 1), default=None)
     p.add_argument("--stats", action="store_true", help="print timings to stderr")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "cpu", "rk3588"],
+        help="cpu (ONNX Runtime) or rk3588 (NPU: RKNN-Lite + RKLLM); auto picks rk3588 on a board",
+    )
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -115,7 +121,8 @@ def _chat(args: argparse.Namespace) -> int:
                               repetition_penalty=args.repetition_penalty, seed=args.seed,
                               max_tokens=args.max_tokens)  # fmt: skip
     opts = ChatOptions(bundle=args.model, images=tuple(args.image), prompt=args.prompt, system=args.system,
-                       max_tiles=args.max_tiles, stats=args.stats, threads=args.threads, sampling=sampling)  # fmt: skip
+                       max_tiles=args.max_tiles, stats=args.stats, threads=args.threads, backend=args.backend,
+                       sampling=sampling)  # fmt: skip
     return run_chat(opts)
 
 
@@ -228,11 +235,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .convert import ConvertError
     from .image import ImageError
+    from .rk3588.board import BoardError
     from .rk3588.export import ExportError
     from .runtime.decoder import ContextOverflow
     from .tokenizer import TokenizerError
 
-    return (UserError, ExportError, CheckpointError, ConfigError, BundleError, ConvertError, ImageError,
+    return (UserError, ExportError, BoardError, CheckpointError, ConfigError, BundleError, ConvertError, ImageError,
             ContextOverflow, TokenizerError, FileNotFoundError, FileExistsError)  # fmt: skip
 
 

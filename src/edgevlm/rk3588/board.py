@@ -1,0 +1,168 @@
+"""A conversation on the RK3588 NPU: RKNN-Lite for the vision encoder, RKLLM for the language model.
+
+RKLLM works per turn: it takes the prompt as text, with `<image>` where each image's embeddings go
+(it expands that to `<img>` + `<IMG_CONTEXT>` x n + `</img>` itself), keeps its own KV cache
+across turns (`keep_history`), and streams text back. The prompt is rendered with edgevlm's own
+template; text typed by the user has control-token strings broken apart first, because RKLLM
+tokenises the whole prompt and would otherwise read them as control tokens.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..image import ImageSource, load_tiles
+from ..prompt import IMG_CONTEXT, IMG_END, IMG_START, PromptEncoder, Turn
+from ..tokenizer import ADDED_TOKENS
+from .rkllm import Perf, RkllmError, RkllmModel
+
+IMAGE_PLACEHOLDER = "<image>"
+
+
+class BoardError(ValueError):
+    """The board backend cannot start: a missing artifact or NPU library."""
+
+
+_ZWSP = "\u200b"  # splits "<|im_end|>" into text that no tokenizer reads as one token
+_CONTROL = re.compile("|".join(re.escape(t) for t in (*ADDED_TOKENS, IMAGE_PLACEHOLDER)))
+_IMAGE_BLOCK = re.compile(re.escape(IMG_START) + f"(?:{re.escape(IMG_CONTEXT)})+" + re.escape(IMG_END))
+
+
+def defuse(text: str) -> str:
+    """User text with every control-token string broken by a zero-width space after its '<'."""
+    return _CONTROL.sub(lambda m: m.group(0)[0] + _ZWSP + m.group(0)[1:], text)
+
+
+def rkllm_prompt(encoder: PromptEncoder, turns: Sequence[Turn], system: str | None) -> str:
+    """The conversation as RKLLM takes it: trusted template text, defused user text, `<image>` slots."""
+    out = []
+    for trusted, text in encoder.render(turns, system).items:
+        out.append(_IMAGE_BLOCK.sub(IMAGE_PLACEHOLDER, text) if trusted else defuse(text))
+    return "".join(out)
+
+
+@dataclass
+class BoardStats:
+    images: int = 0
+    vision_ms: float = 0.0
+    perf: Perf = field(default_factory=Perf)
+
+    def summary(self) -> str:
+        p = self.perf
+        rate = p.generate_tokens / (p.generate_ms / 1000) if p.generate_ms else 0.0
+        return (f"NPU | images {self.images}, vision {self.vision_ms:.0f} ms | prefill {p.prefill_tokens} tokens "
+                f"in {p.prefill_ms:.0f} ms | answer {p.generate_tokens} tokens, {rate:.1f} tok/s | "
+                f"{p.memory_mb:.0f} MB")  # fmt: skip
+
+
+class BoardSession:
+    """History plus RKLLM's own cache: each turn sends only the text RKLLM has not seen."""
+
+    def __init__(self, encoder: PromptEncoder, vision: object, llm: RkllmModel, *, system: str | None = None,
+                 max_tiles: int = 12, tokens_per_tile: int = 256) -> None:  # fmt: skip
+        self.encoder, self.vision, self.llm = encoder, vision, llm
+        self.system, self.max_tiles, self.tokens_per_tile = system, max_tiles, tokens_per_tile
+        self.clear()
+
+    def clear(self) -> None:
+        self.turns: list[Turn] = []
+        self.sent = ""  # the prompt text RKLLM holds in its cache
+        self.last_stats = BoardStats()
+        self.dropped_turns = 0
+
+    def _features(self, images: Sequence[ImageSource]) -> tuple[np.ndarray | None, list[int]]:
+        tiles = [load_tiles(src, max_tiles=self.max_tiles) for src in images]
+        if not tiles:
+            return None, []
+        counts = [t.count for t in tiles]
+        if len(set(counts)) > 1:
+            raise ValueError(f"RKLLM needs the same number of tiles for every image of a turn, got {counts}: "
+                             "use --max-tiles 1, or send one image per turn")  # fmt: skip
+        start = time.perf_counter()
+        feats = [self.vision.encode(t.pixels).reshape(-1, self.vision.shape[1]) for t in tiles]  # type: ignore[attr-defined]
+        self.last_stats.vision_ms = (time.perf_counter() - start) * 1000
+        return np.stack(feats), counts
+
+    def ask(self, question: str, images: Sequence[ImageSource] = (), *, max_tokens: int = 512) -> Iterator[str]:
+        """Stream the answer; closing the iterator (Ctrl-C, a client gone) aborts the run."""
+        self.last_stats = BoardStats(images=len(images))
+        features, counts = self._features(images)
+        turn = Turn(question, tuple(counts))
+        full = rkllm_prompt(self.encoder, [*self.turns, turn], self.system)
+        if self.sent and full.startswith(self.sent):
+            new = full[len(self.sent) :]
+        else:  # first turn, or a history RKLLM does not hold (cleared, edited)
+            self.llm.clear_kv_cache()
+            new = full
+        return self._stream(turn, full, new, features, max_tokens)
+
+    def _stream(self, turn: Turn, full: str, new: str, features: np.ndarray | None,
+                max_tokens: int) -> Iterator[str]:  # fmt: skip
+        pieces: queue.Queue = queue.Queue()
+        stop = threading.Event()
+        answer: list[str] = []
+
+        def on_text(text: str, token: int) -> bool:
+            pieces.put(text)
+            return not stop.is_set()
+
+        def run() -> None:
+            try:
+                self.last_stats.perf = self.llm.run(new, on_text, images=features, keep_history=True,
+                                                    max_new_tokens=max_tokens)  # fmt: skip
+            except Exception as e:  # handed to the reader
+                pieces.put(e)
+            finally:
+                pieces.put(None)
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        try:
+            while (item := pieces.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                answer.append(item)
+                yield item
+        finally:
+            stop.set()
+            self.llm.abort() if worker.is_alive() else None
+            worker.join()
+            text = "".join(answer)
+            self.turns.append(Turn(turn.question, turn.image_tiles, text))
+            # RKLLM's cache now holds the prompt, the answer and its end-of-turn token.
+            self.sent = full + text + self.encoder.template.assistant[1]
+
+
+def load_board_session(bundle: str | Path, *, system: str | None = None, max_tiles: int | None = None,
+                       library: str = "librkllmrt.so", target: str = "rk3588") -> BoardSession:  # fmt: skip
+    """A BoardSession for a bundle with its `export-rk3588` artifacts (on the board itself)."""
+    from tokenizers import Tokenizer
+
+    from ..bundle import open_bundle
+    from .rknn_lite import RknnError, RknnVisionEncoder
+
+    folder = Path(bundle)
+    m = open_bundle(folder)
+    for part in (f"vision_{target}", f"llm_{target}"):
+        if part not in m.parts:
+            raise BoardError(f"{folder} has no {part} artifact: run `edgevlm export-rk3588` (and the .rkllm recipe)")
+    encoder = PromptEncoder(Tokenizer.from_file(str(folder / m.parts["tokenizer"].file)), m.model.template,
+                            m.model.tokens_per_tile)  # fmt: skip
+    try:
+        vision = RknnVisionEncoder.load(folder / m.parts[f"vision_{target}"].file, m.model.tokens_per_tile,
+                                        m.model.text.hidden_size)  # fmt: skip
+        llm = RkllmModel(folder / m.parts[f"llm_{target}"].file, library=library, max_context=m.context_length)
+    except ImportError:
+        raise BoardError("rknn-toolkit-lite2 is not installed (pip install rknn-toolkit-lite2 on the board)") from None
+    except (RknnError, RkllmError) as e:
+        raise BoardError(str(e)) from None
+    return BoardSession(encoder, vision, llm, system=system, max_tiles=max_tiles or m.max_tiles,
+                        tokens_per_tile=m.model.tokens_per_tile)  # fmt: skip
