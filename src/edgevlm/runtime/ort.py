@@ -33,6 +33,9 @@ def _options(threads: int) -> ort.SessionOptions:
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
+    # Memory patterns are planned per input shape, so every new prompt length grew the process
+    # (measured 40 MB over four prefills, and 88 MB on a second vision run); speed is the same.
+    so.enable_mem_pattern = False
     return so
 
 

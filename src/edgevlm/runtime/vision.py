@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import onnxruntime as ort
 
 from .ort import create_session
 
@@ -32,13 +33,17 @@ class OrtVisionEncoder:
         if fixed is not None:
             self.batch = fixed  # a static graph (the NPU form) takes exactly its batch
         self.tile_shape = tuple(inp.shape[1:])
+        # Give the activations (~110 MB for a 448 px tile) back after each run: the vision encoder runs
+        # once per image, and keeping them would add to the language model's peak.
+        self._run_options = ort.RunOptions()
+        self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
         if pixels.ndim != 4 or pixels.shape[1:] != self.tile_shape:
             raise ValueError(f"expected tiles [N,{','.join(map(str, self.tile_shape))}], got {list(pixels.shape)}")
         out = [
-            self.session.run(["image_features"], {"pixel_values": pixels[i : i + self.batch]})[0]
+            self.session.run(["image_features"], {"pixel_values": pixels[i : i + self.batch]}, self._run_options)[0]
             for i in range(0, len(pixels), self.batch)
         ]
         return np.concatenate(out) if len(out) > 1 else out[0]
