@@ -191,3 +191,13 @@ def test_cli_bad_input_is_one_line(bundles, tiny_ckpt, tmp_path, args, message):
 def test_verify_command(bundles):
     r = subprocess.run([sys.executable, "-m", "edgevlm", "verify", str(bundles / "hf")], capture_output=True, text=True)
     assert r.returncode == 0 and ": ok (" in r.stdout
+
+
+def test_load_backends(bundles):
+    from edgevlm.rk3588.board import BoardError
+
+    assert type(edgevlm.load(bundles / "hf", backend="cpu")).__name__ == "VLM"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        edgevlm.load(bundles / "hf", backend="gpu")
+    with pytest.raises(BoardError, match="export-rk3588"):
+        edgevlm.load(bundles / "hf", backend="rk3588")

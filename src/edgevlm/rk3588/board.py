@@ -141,6 +141,26 @@ class BoardSession:
             self.sent = full + text + self.encoder.template.assistant[1]
 
 
+class BoardModel:
+    """The board's counterpart of `edgevlm.model.VLM` for the Python API: sessions and one-off chats.
+    RKLLM holds one conversation in its cache, so sessions of one model take turns, not run at once."""
+
+    def __init__(self, bundle: str | Path, *, library: str = "librkllmrt.so", target: str = "rk3588") -> None:
+        self.session_ = load_board_session(bundle, library=library, target=target)
+
+    def session(self, system: str | None = None, *, max_tiles: int | None = None) -> BoardSession:
+        s = self.session_
+        s.system, s.max_tiles = system, max_tiles or s.max_tiles
+        s.clear()
+        return s
+
+    def chat(self, question: str, images: Sequence[ImageSource] = (), *, stream: bool = False,
+             system: str | None = None, max_tiles: int | None = None,
+             max_tokens: int = 512) -> str | Iterator[str]:  # fmt: skip
+        pieces = self.session(system, max_tiles=max_tiles).ask(question, images, max_tokens=max_tokens)
+        return pieces if stream else "".join(pieces)
+
+
 def load_board_session(bundle: str | Path, *, system: str | None = None, max_tiles: int | None = None,
                        library: str = "librkllmrt.so", target: str = "rk3588") -> BoardSession:  # fmt: skip
     """A BoardSession for a bundle with its `export-rk3588` artifacts (on the board itself)."""
