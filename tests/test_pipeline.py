@@ -201,3 +201,12 @@ def test_load_backends(bundles):
         edgevlm.load(bundles / "hf", backend="gpu")
     with pytest.raises(BoardError, match="export-rk3588"):
         edgevlm.load(bundles / "hf", backend="rk3588")
+
+
+def test_hub_id_offline_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    r = subprocess.run([sys.executable, "-m", "edgevlm", "convert", "OpenGVLab/InternVL3-1B", str(tmp_path / "out")],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "cannot download OpenGVLab/InternVL3-1B" in r.stderr and not (tmp_path / "out").exists()

@@ -58,7 +58,7 @@ def test_board_backend_class_through_the_simulator(rknn_python, tiny_ckpt, tmp_p
     r = subprocess.run([str(rknn_python), str(script), "--onnx", str(onnx_path), "--out", str(tmp_path / "v.rknn"),
                         "--tile", str(tmp_path / "tile.npy"), "--ref", str(tmp_path / "ref.npy"),
                         "--pixels", str(tmp_path / "pixels.npy"), "--features-out", str(tmp_path / "feat.npy")],
-                       capture_output=True, text=True)  # fmt: skip
+                       capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout.strip().splitlines()[-1])["cosine"] >= 0.999
     got = np.load(tmp_path / "feat.npy")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +140,7 @@ class VLM:
         embeds = self._embeddings(ids, keys, reuse, images, stats)
         self._cached = keys[:reuse]
         generated: list[int] = []
-        params = params if params.stop_ids else _with_stops(params, self.prompt.stop_ids)
+        params = params if params.stop_ids else replace(params, stop_ids=self.prompt.stop_ids)
         try:
             for chunk in stream_generate(self.lm, self.tokenizer, embeds, params, seen=ids, position=reuse):
                 if not generated:
@@ -164,12 +164,6 @@ class VLM:
             question, images, stream=stream, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
             top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
         )  # fmt: skip
-
-
-def _with_stops(params: SamplingParams, stops: tuple[int, ...]) -> SamplingParams:
-    from dataclasses import replace
-
-    return replace(params, stop_ids=stops)
 
 
 def load(path: str | Path, *, threads: int | None = None, verify: bool = False) -> VLM:

@@ -87,7 +87,7 @@ def export_vision(ck_dir: Path, out: Path, target: str, log: Callable[[str], Non
         cmd = [str(rknn_python()), str(Path(__file__).with_name("rknn_build.py")), "--onnx", str(onnx_path),
                "--out", str(work / target_file.name), "--target", target, "--tile", str(work / "tile.npy"),
                "--ref", str(work / "ref.npy")]  # fmt: skip
-        run = subprocess.run(cmd, capture_output=True, text=True)
+        run = subprocess.run(cmd, capture_output=True, text=True, cwd=work)  # the toolkit litters its cwd
         lines = [ln for ln in run.stdout.splitlines() if ln.startswith("{")]
         if run.returncode != 0 or not lines:
             tail = (run.stderr or run.stdout).strip().splitlines()[-5:]

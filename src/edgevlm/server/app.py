@@ -266,6 +266,12 @@ def create_app(settings: ServerSettings, model: VLM | None = None) -> Starlette:
 
 
 def serve(settings: ServerSettings) -> None:
+    import logging
+
     import uvicorn
 
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+        logging.getLogger("uvicorn.error").warning(
+            "listening on %s without --api-key: anyone who can reach this address can use the model", settings.host
+        )
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
