@@ -59,12 +59,15 @@ class OrtLanguageModel:
     def embed(self, ids: list[int]) -> np.ndarray:
         return self.embedding(ids)
 
-    def _step(self, embeds: np.ndarray) -> np.ndarray:
-        total = self.position + len(embeds)
-        if total > self.max_context:
+    def _check_room(self, new_tokens: int) -> None:
+        if self.position + new_tokens > self.max_context:
             raise ContextOverflow(
-                f"context full: {self.position} cached + {len(embeds)} new tokens > {self.max_context}"
+                f"context full: {self.position} cached + {new_tokens} new tokens > {self.max_context}"
             )
+
+    def _step(self, embeds: np.ndarray) -> np.ndarray:
+        self._check_room(len(embeds))
+        total = self.position + len(embeds)
         b = self._binding
         b.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds[None], dtype=np.float32))
         b.bind_cpu_input("seqlens_k", np.array([total - 1], dtype=np.int32))
@@ -79,10 +82,7 @@ class OrtLanguageModel:
             self.truncate(position)
         if len(embeds) == 0:
             raise ValueError("prefill needs at least one embedding")
-        if self.position + len(embeds) > self.max_context:
-            raise ContextOverflow(
-                f"context full: {self.position} cached + {len(embeds)} new tokens > {self.max_context}"
-            )
+        self._check_room(len(embeds))  # before any chunk is written
         for start in range(0, len(embeds), self.prefill_chunk):
             logits = self._step(embeds[start : start + self.prefill_chunk])
         return logits

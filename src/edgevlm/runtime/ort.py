@@ -14,6 +14,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from ..paths import cache_home
+
 
 def default_threads() -> int:
     """The cores this process may run on (ONNX Runtime's own default counts hyperthreads too)."""
@@ -24,7 +26,8 @@ def default_threads() -> int:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("EDGEVLM_CACHE") or Path.home() / ".cache" / "edgevlm") / "ort"
+    """Where optimised graphs are kept: the user cache, never the bundle (which may be read-only)."""
+    return cache_home() / "ort"
 
 
 def _options(threads: int) -> ort.SessionOptions:

