@@ -165,3 +165,44 @@ def test_board_session_drives_rkllm_per_turn(model, stub):
     next(pieces)
     pieces.close()  # Ctrl-C: aborts the run, keeps the partial answer
     assert session.turns[-1].answer == "Hel"
+
+
+def test_server_runs_on_the_board_backend(model, stub, tiny_ckpt, tmp_path):
+    import base64
+    import io
+    import json
+
+    from PIL import Image
+    from starlette.testclient import TestClient
+
+    from edgevlm.bundle import open_bundle
+    from edgevlm.convert import ConvertOptions, convert
+    from edgevlm.prompt import PromptEncoder
+    from edgevlm.rk3588.board import BoardModel, BoardSession
+    from edgevlm.rk3588.rknn_lite import RknnVisionEncoder
+    from edgevlm.server.app import create_app
+    from edgevlm.server.settings import ServerSettings
+    from edgevlm.testing.vocab import fixture_tokenizer
+
+    convert(tiny_ckpt["hf"], tmp_path / "b", ConvertOptions(max_tiles=1), log=lambda m: None)
+    session = BoardSession(PromptEncoder(fixture_tokenizer()[0]), RknnVisionEncoder(FakeRknn(), 256, 8), model)
+    board = BoardModel.from_parts(open_bundle(tmp_path / "b"), session)
+    client = TestClient(create_app(ServerSettings(model=tmp_path / "b"), model=board))
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 200), (10, 200, 30)).save(buf, "PNG")
+    url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    first = [{"role": "user", "content": [{"type": "text", "text": "What is it?"},
+                                          {"type": "image_url", "image_url": {"url": url}}]}]  # fmt: skip
+    r = client.post("/v1/chat/completions", json={"messages": first, "max_tokens": 64})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["choices"][0]["message"]["content"] == "Hello 你好! more more more"
+    assert body["choices"][0]["finish_reason"] == "stop" and body["usage"]["completion_tokens"] == 8
+    assert stub.stub_num(b"n_image") == 1 and "<image>\nWhat is it?" in stub.stub_str(b"prompt").decode()
+    follow = [*first, {"role": "assistant", "content": body["choices"][0]["message"]["content"]},
+              {"role": "user", "content": "More?"}]  # fmt: skip
+    with client.stream("POST", "/v1/chat/completions", json={"messages": follow, "stream": True}) as s:
+        events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
+    text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+    assert text == "Hello 你好! more more more"
+    assert stub.stub_str(b"prompt") == b"\n<|im_start|>user\nMore?<|im_end|>\n<|im_start|>assistant\n"  # only new

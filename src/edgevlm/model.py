@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 from .bundle import Manifest, open_bundle
 from .embedding import EmbeddingTable
 from .image import DEFAULT_MAX_PIXELS, ImageSource, Tiles, load_tiles
-from .prompt import PromptEncoder
+from .prompt import PromptEncoder, Turn
 from .runtime.decoder import OrtLanguageModel
 from .runtime.generate import GenerationStats, StreamChunk, stream_generate
 from .runtime.sampling import SamplingParams
@@ -35,6 +35,26 @@ class EncodedImage:
     tiles: Tiles
     digest: str
     features: np.ndarray | None = field(default=None, repr=False)
+
+
+def encode_image(manifest: Manifest, source: ImageSource, *, max_tiles: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:  # fmt: skip
+    """Load and tile an image as a bundle's model wants it (features are computed when first needed)."""
+    m = manifest
+    tiles = load_tiles(source, min_tiles=min(m.min_tiles, max_tiles or m.max_tiles),
+                       max_tiles=max_tiles or m.max_tiles, use_thumbnail=m.model.use_thumbnail,
+                       max_pixels=max_pixels)  # fmt: skip
+    return EncodedImage(tiles, hashlib.sha1(tiles.pixels.tobytes()).hexdigest())
+
+
+@dataclass
+class Prepared:
+    """A request ready to run: the conversation, its token ids, and its images in order."""
+
+    turns: list[Turn]
+    system: str | None
+    ids: list[int]
+    images: list[EncodedImage]
 
 
 @dataclass
@@ -93,12 +113,11 @@ class VLM:
 
     def encode_image(self, source: ImageSource, *, max_tiles: int | None = None,
                      max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:  # fmt: skip
-        """Load and tile an image (features are computed when first needed)."""
-        m = self.manifest
-        tiles = load_tiles(source, min_tiles=min(m.min_tiles, max_tiles or m.max_tiles),
-                           max_tiles=max_tiles or m.max_tiles, use_thumbnail=m.model.use_thumbnail,
-                           max_pixels=max_pixels)  # fmt: skip
-        return EncodedImage(tiles, hashlib.sha1(tiles.pixels.tobytes()).hexdigest())
+        return encode_image(self.manifest, source, max_tiles=max_tiles, max_pixels=max_pixels)
+
+    def answer(self, request: Prepared, params: SamplingParams, stats: TurnStats) -> Iterator[StreamChunk]:
+        """Stream the answer to a prepared request (the server's entry point)."""
+        return self.generate(request.ids, request.images, params, stats)
 
     def _features(self, image: EncodedImage, stats: TurnStats) -> np.ndarray:
         if image.features is None:

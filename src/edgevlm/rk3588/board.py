@@ -19,8 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bundle import Manifest
 from ..image import ImageSource, load_tiles
+from ..model import EncodedImage, Prepared, TurnStats, encode_image
 from ..prompt import IMG_CONTEXT, IMG_END, IMG_START, PromptEncoder, Turn
+from ..runtime.generate import GenerationStats, StreamChunk
+from ..runtime.sampling import SamplingParams
 from ..tokenizer import ADDED_TOKENS
 from .rkllm import Perf, RkllmError, RkllmModel
 
@@ -78,40 +82,58 @@ class BoardSession:
         self.last_stats = BoardStats()
         self.dropped_turns = 0
 
-    def _features(self, images: Sequence[ImageSource]) -> tuple[np.ndarray | None, list[int]]:
-        tiles = [load_tiles(src, max_tiles=self.max_tiles) for src in images]
-        if not tiles:
-            return None, []
-        counts = [t.count for t in tiles]
+    def _features(self, pixels: Sequence[np.ndarray]) -> np.ndarray | None:
+        """Features [n_image, tiles*256, H] on the NPU; RKLLM needs one token count for all images."""
+        if not pixels:
+            return None
+        counts = [len(p) for p in pixels]
         if len(set(counts)) > 1:
             raise ValueError(f"RKLLM needs the same number of tiles for every image of a turn, got {counts}: "
                              "use --max-tiles 1, or send one image per turn")  # fmt: skip
         start = time.perf_counter()
-        feats = [self.vision.encode(t.pixels).reshape(-1, self.vision.shape[1]) for t in tiles]  # type: ignore[attr-defined]
+        feats = [self.vision.encode(p).reshape(-1, self.vision.shape[1]) for p in pixels]  # type: ignore[attr-defined]
         self.last_stats.vision_ms = (time.perf_counter() - start) * 1000
-        return np.stack(feats), counts
+        return np.stack(feats)
 
     def ask(self, question: str, images: Sequence[ImageSource] = (), *, max_tokens: int = 512) -> Iterator[str]:
         """Stream the answer; closing the iterator (Ctrl-C, a client gone) aborts the run."""
-        self.last_stats = BoardStats(images=len(images))
-        features, counts = self._features(images)
-        turn = Turn(question, tuple(counts))
-        full = rkllm_prompt(self.encoder, [*self.turns, turn], self.system)
+        tiles = [load_tiles(src, max_tiles=self.max_tiles) for src in images]
+        turn = Turn(question, tuple(t.count for t in tiles))
+        pieces = self.run_prompt(rkllm_prompt(self.encoder, [*self.turns, turn], self.system),
+                                 [t.pixels for t in tiles], max_tokens)  # fmt: skip
+        return self._recorded(turn, pieces)
+
+    def _recorded(self, turn: Turn, pieces: Iterator[tuple[str, int]]) -> Iterator[str]:
+        answer: list[str] = []
+        try:
+            for text, _ in pieces:
+                answer.append(text)
+                yield text
+        finally:
+            pieces.close()  # type: ignore[attr-defined]
+            self.turns.append(Turn(turn.question, turn.image_tiles, "".join(answer)))
+
+    def run_prompt(self, full: str, pixels: Sequence[np.ndarray], max_tokens: int) -> Iterator[tuple[str, int]]:
+        """Run a whole rendered conversation, sending RKLLM only what its cache lacks; yields (text, token).
+        `pixels` are the tiles of every image of the conversation, in order."""
         if self.sent and full.startswith(self.sent):
             new = full[len(self.sent) :]
         else:  # first turn, or a history RKLLM does not hold (cleared, edited)
             self.llm.clear_kv_cache()
             new = full
-        return self._stream(turn, full, new, features, max_tokens)
+        n_new = new.count(IMAGE_PLACEHOLDER)
+        self.last_stats = BoardStats(images=n_new)
+        features = self._features(list(pixels)[len(pixels) - n_new :] if n_new else [])
+        return self._stream(full, new, features, max_tokens)
 
-    def _stream(self, turn: Turn, full: str, new: str, features: np.ndarray | None,
-                max_tokens: int) -> Iterator[str]:  # fmt: skip
+    def _stream(self, full: str, new: str, features: np.ndarray | None,
+                max_tokens: int) -> Iterator[tuple[str, int]]:  # fmt: skip
         pieces: queue.Queue = queue.Queue()
         stop = threading.Event()
         answer: list[str] = []
 
         def on_text(text: str, token: int) -> bool:
-            pieces.put(text)
+            pieces.put((text, token))
             return not stop.is_set()
 
         def run() -> None:
@@ -129,16 +151,14 @@ class BoardSession:
             while (item := pieces.get()) is not None:
                 if isinstance(item, Exception):
                     raise item
-                answer.append(item)
+                answer.append(item[0])
                 yield item
         finally:
             stop.set()
             self.llm.abort() if worker.is_alive() else None
             worker.join()
-            text = "".join(answer)
-            self.turns.append(Turn(turn.question, turn.image_tiles, text))
             # RKLLM's cache now holds the prompt, the answer and its end-of-turn token.
-            self.sent = full + text + self.encoder.template.assistant[1]
+            self.sent = full + "".join(answer) + self.encoder.template.assistant[1]
 
 
 class BoardModel:
@@ -146,7 +166,55 @@ class BoardModel:
     RKLLM holds one conversation in its cache, so sessions of one model take turns, not run at once."""
 
     def __init__(self, bundle: str | Path, *, library: str = "librkllmrt.so", target: str = "rk3588") -> None:
+        from ..bundle import open_bundle
+
+        self.manifest = open_bundle(bundle)
         self.session_ = load_board_session(bundle, library=library, target=target)
+
+    @classmethod
+    def from_parts(cls, manifest: Manifest, session: BoardSession) -> BoardModel:
+        model = cls.__new__(cls)
+        model.manifest, model.session_ = manifest, session
+        return model
+
+    @property
+    def context_length(self) -> int:
+        return self.manifest.context_length
+
+    @property
+    def prompt(self) -> PromptEncoder:
+        return self.session_.encoder
+
+    def encode_image(self, source: ImageSource, *, max_tiles: int | None = None, max_pixels: int = 64_000_000
+                     ) -> EncodedImage:  # fmt: skip
+        return encode_image(self.manifest, source, max_tiles=max_tiles, max_pixels=max_pixels)
+
+    def answer(self, request: Prepared, params: SamplingParams, stats: TurnStats) -> Iterator[StreamChunk]:
+        """The server's entry point: a whole conversation in, RKLLM's answer out as StreamChunks.
+        RKLLM samples by its own settings (from the bundle's defaults), not per request."""
+        s = self.session_
+        full = rkllm_prompt(s.encoder, request.turns, request.system)
+        begin = time.perf_counter()
+        pieces = s.run_prompt(full, [img.tiles.pixels for img in request.images], params.max_tokens)
+        g = stats.generation = GenerationStats()
+        stats.prompt_tokens, stats.images = len(request.ids), len(request.images)
+        try:
+            for text, token in pieces:
+                if not g.generated_tokens:
+                    stats.ttft_ms = (time.perf_counter() - begin) * 1000
+                g.generated_tokens += 1
+                yield StreamChunk(text, token, g)
+        finally:
+            pieces.close()  # type: ignore[attr-defined]
+            p = s.last_stats.perf
+            stats.vision_ms = s.last_stats.vision_ms
+            stats.cached_tokens = max(0, len(request.ids) - p.prefill_tokens)
+            g.prompt_tokens, g.prefill_ms, g.decode_ms = p.prefill_tokens, p.prefill_ms, p.generate_ms
+            produced = max(p.generate_tokens, g.generated_tokens)  # the runtime's count, when it gives one
+            g.finish_reason = "length" if produced >= params.max_tokens else "stop"
+            # Usage counts generated tokens less the stop token; RKLLM's count has none to take off.
+            g.generated_tokens = produced + (g.finish_reason == "stop")
+        yield StreamChunk("", -1, g)  # the closing chunk carries the finish reason
 
     def session(self, system: str | None = None, *, max_tiles: int | None = None) -> BoardSession:
         s = self.session_

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..image import ImageError
-from ..model import VLM, TurnStats, load
+from ..model import VLM, Prepared, TurnStats
 from ..runtime.generate import StreamChunk
 from ..runtime.memory import pin_mmap_threshold
 from .images import RequestError, fetch_image
@@ -91,7 +91,7 @@ class Server:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RequestError(f"the request body is not valid JSON ({e})") from None
 
-    def _prepare(self, req: ChatRequest) -> tuple[list[int], list[Any]]:
+    def _prepare(self, req: ChatRequest) -> Prepared:
         """Fetch and tile the images and render the prompt (worker thread: CPU and I/O)."""
         images = []
         for url in req.image_urls():
@@ -101,12 +101,13 @@ class Server:
                                                       max_pixels=self.settings.max_image_pixels))  # fmt: skip
             except ImageError as e:
                 raise RequestError(f"bad image: {e}", param="messages") from None
-        ids = self.model.prompt.encode(req.as_turns([img.tiles.count for img in images]), req.system)
+        turns = req.as_turns([img.tiles.count for img in images])
+        ids = self.model.prompt.encode(turns, req.system)
         room = self.model.context_length - len(ids)
         if req.params.max_tokens > room:
             raise RequestError(f"the prompt has {len(ids)} tokens, so max_tokens {req.params.max_tokens} is beyond "
                                f"the context of {self.model.context_length}", param="max_tokens")  # fmt: skip
-        return ids, images
+        return Prepared(turns, req.system, ids, images)
 
     async def chat(self, request: Request) -> Response:
         if not self._authorized(request):
@@ -115,20 +116,20 @@ class Server:
             body = await self._body(request)
             req = parse_chat_request(body, context_length=self.model.context_length,
                                      max_images=self.settings.max_images)  # fmt: skip
-            ids, images = await asyncio.to_thread(self._prepare, req)
+            prepared = await asyncio.to_thread(self._prepare, req)
         except RequestError as e:
             return error(e.status, str(e), e.param)
         if self.waiting >= self.settings.max_queue and self.lock.locked():
             return error(429, f"the server is busy ({self.waiting} requests waiting); try again shortly")
         stats = TurnStats()
-        chunks = self._generate(req, ids, images, stats)
+        chunks = self._generate(req, prepared, stats)
         if req.stream:
             return StreamingResponse(self._sse(req, chunks, stats), media_type="text/event-stream")
         return await self._complete(req, chunks, stats, request)
 
     # -- generation --------------------------------------------------------------------------
 
-    async def _generate(self, req: ChatRequest, ids: list[int], images: list[Any], stats: TurnStats
+    async def _generate(self, req: ChatRequest, prepared: Prepared, stats: TurnStats
                         ) -> AsyncIterator[StreamChunk]:  # fmt: skip
         """Wait for the model, then stream its chunks from a worker thread; stop on disconnect."""
         self.waiting += 1
@@ -139,7 +140,7 @@ class Server:
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
         loop = asyncio.get_running_loop()
-        loop.run_in_executor(None, self._produce, req, ids, images, stats, queue, loop, cancel)
+        loop.run_in_executor(None, self._produce, req, prepared, stats, queue, loop, cancel)
         try:
             while True:
                 item = await queue.get()
@@ -153,10 +154,9 @@ class Server:
             # worker stops at its next token and releases the lock itself.
             cancel.set()
 
-    def _produce(self, req: ChatRequest, ids: list[int], images: list[Any], stats: TurnStats,
-                 queue: asyncio.Queue[Any], loop: asyncio.AbstractEventLoop,
-                 cancel: threading.Event) -> None:  # fmt: skip
-        gen: Iterator[StreamChunk] = self.model.generate(ids, images, req.params, stats)
+    def _produce(self, req: ChatRequest, prepared: Prepared, stats: TurnStats, queue: asyncio.Queue[Any],
+                 loop: asyncio.AbstractEventLoop, cancel: threading.Event) -> None:  # fmt: skip
+        gen: Iterator[StreamChunk] = self.model.answer(prepared, req.params, stats)
         try:
             for chunk in gen:
                 loop.call_soon_threadsafe(queue.put_nowait, chunk)
@@ -166,7 +166,7 @@ class Server:
             loop.call_soon_threadsafe(queue.put_nowait, e)
         finally:
             gen.close()  # records what the cache holds
-            images.clear()  # an abandoned stream may keep this frame alive until the GC runs
+            prepared.images.clear()  # an abandoned stream may keep this frame alive until the GC runs
             loop.call_soon_threadsafe(queue.put_nowait, _DONE)
             loop.call_soon_threadsafe(self.lock.release)
 
@@ -254,7 +254,11 @@ class Server:
 def create_app(settings: ServerSettings, model: VLM | None = None) -> Starlette:
     """The server's ASGI app for `settings` (loading the bundle unless a model is given)."""
     pin_mmap_threshold()
-    server = Server(model or load(settings.model, threads=settings.threads), settings)
+    if model is None:
+        from .. import load
+
+        model = load(settings.model, threads=settings.threads, backend=settings.backend)
+    server = Server(model, settings)
     routes = [
         Route("/health", server.health, methods=["GET"]),
         Route("/v1/models", server.models, methods=["GET"]),

@@ -26,6 +26,7 @@ class ServerSettings:
     remote_image_max_mb: float = 20.0
     remote_image_timeout: float = 10.0
     threads: int | None = None
+    backend: str = "auto"  # auto, cpu or rk3588
 
 
 HELP = {
@@ -35,7 +36,7 @@ HELP = {
     "max_images": "images per request", "max_image_pixels": "pixels per image", "max_tiles": "tiles per image",
     "allow_remote_images": "fetch http(s) image URLs", "allow_local_images": "serve file:// images from this folder",
     "remote_image_max_mb": "largest remote image", "remote_image_timeout": "seconds to fetch a remote image",
-    "threads": "ONNX Runtime threads",
+    "threads": "ONNX Runtime threads", "backend": "auto, cpu (ONNX Runtime) or rk3588 (NPU)",
 }  # fmt: skip
 
 
