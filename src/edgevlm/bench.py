@@ -42,6 +42,7 @@ class BenchOptions:
     gen_tokens: int = 64
     runs: int = 3
     threads: int | None = None
+    backend: str = "auto"  # auto, cpu or rk3588
 
 
 def drop_page_cache(paths: list[Path]) -> bool:
@@ -77,11 +78,11 @@ def _picture(opts: BenchOptions) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (448, 448 * opts.tiles, 3), dtype=np.uint8))
 
 
-def _timed_load(folder: Path, threads: int | None) -> tuple[Any, float, float, float]:
-    from .model import VLM
+def _timed_load(opts: BenchOptions) -> tuple[Any, float, float, float]:
+    from . import load
 
     start = time.perf_counter()
-    model = VLM(folder, threads=threads)
+    model = load(opts.bundle, threads=opts.threads, backend=opts.backend)
     total = time.perf_counter() - start
     return model, total, model.load_times["llm"], model.load_times["vision"]
 
@@ -94,19 +95,23 @@ def _bundle_files(folder: Path) -> list[Path]:
 
 def run_once(opts: BenchOptions) -> dict[str, float]:
     """A cold load, one answer, then a warm load: the raw figures of one run (call in a fresh process)."""
+    from .model import Prepared, TurnStats
+    from .prompt import Turn
+
     dropped = drop_page_cache(_bundle_files(opts.bundle))
-    model, cold, llm_cold, vis_cold = _timed_load(opts.bundle, opts.threads)
+    model, cold, llm_cold, vis_cold = _timed_load(opts)
     question = _question(model.prompt.encode_text, opts.prompt_tokens)
-    params = SamplingParams(max_tokens=opts.gen_tokens, stop_ids=(-1,))  # never stops early
-    session = model.session(max_tiles=opts.tiles)
-    for _ in session.ask(question, [_picture(opts)], params):
+    params = SamplingParams(max_tokens=opts.gen_tokens, stop_ids=(-1,))  # never stops early (on the CPU)
+    image = model.encode_image(_picture(opts), max_tiles=opts.tiles)
+    turns = [Turn(question, (image.tiles.count,))]
+    s = TurnStats()
+    for _ in model.answer(Prepared(turns, None, model.prompt.encode(turns), [image]), params, s):
         pass
     peak = _rss_peak_mb()
-    s = session.last_stats
     g = s.generation
-    del model, session
+    del model, image
     gc.collect()
-    _, warm, llm_warm, vis_warm = _timed_load(opts.bundle, opts.threads)
+    _, warm, llm_warm, vis_warm = _timed_load(opts)
     out = {
         "load_cold_s": cold, "load_warm_s": warm, "llm_load_cold_s": llm_cold, "llm_load_warm_s": llm_warm,
         "vision_load_cold_s": vis_cold, "vision_load_warm_s": vis_warm, "vision_ms": s.vision_ms,

@@ -136,6 +136,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=_positive(int, "--runs", 1), default=3)
     p.add_argument("--threads", type=_positive(int, "--threads", 1), default=None)
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "rk3588"], help="as for chat")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -144,7 +145,8 @@ def _bench(args: argparse.Namespace) -> int:
     if args.image and not args.image.is_file():
         raise UserError(f"{args.image}: no such file")
     opts = BenchOptions(bundle=args.model, image=args.image, tiles=args.tiles, prompt_tokens=args.prompt_tokens,
-                        gen_tokens=args.gen_tokens, runs=args.runs, threads=args.threads)  # fmt: skip
+                        gen_tokens=args.gen_tokens, runs=args.runs, threads=args.threads,
+                        backend=args.backend)  # fmt: skip
     return run_bench(opts, args.json)
 
 

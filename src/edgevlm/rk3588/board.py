@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import Manifest
-from ..image import ImageSource, load_tiles
+from ..image import DEFAULT_MAX_PIXELS, ImageSource, load_tiles
 from ..model import EncodedImage, Prepared, TurnStats, encode_image
 from ..prompt import IMG_CONTEXT, IMG_END, IMG_START, PromptEncoder, Turn
 from ..runtime.generate import GenerationStats, StreamChunk
@@ -74,6 +74,7 @@ class BoardSession:
                  max_tiles: int = 12, tokens_per_tile: int = 256) -> None:  # fmt: skip
         self.encoder, self.vision, self.llm = encoder, vision, llm
         self.system, self.max_tiles, self.tokens_per_tile = system, max_tiles, tokens_per_tile
+        self.load_times = {"llm": 0.0, "vision": 0.0}
         self.clear()
 
     def clear(self) -> None:
@@ -182,10 +183,14 @@ class BoardModel:
         return self.manifest.context_length
 
     @property
+    def load_times(self) -> dict[str, float]:
+        return self.session_.load_times
+
+    @property
     def prompt(self) -> PromptEncoder:
         return self.session_.encoder
 
-    def encode_image(self, source: ImageSource, *, max_tiles: int | None = None, max_pixels: int = 64_000_000
+    def encode_image(self, source: ImageSource, *, max_tiles: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
                      ) -> EncodedImage:  # fmt: skip
         return encode_image(self.manifest, source, max_tiles=max_tiles, max_pixels=max_pixels)
 
@@ -198,6 +203,7 @@ class BoardModel:
         pieces = s.run_prompt(full, [img.tiles.pixels for img in request.images], params.max_tokens)
         g = stats.generation = GenerationStats()
         stats.prompt_tokens, stats.images = len(request.ids), len(request.images)
+        stats.tiles = sum(img.tiles.count for img in request.images)
         try:
             for text, token in pieces:
                 if not g.generated_tokens:
@@ -245,12 +251,17 @@ def load_board_session(bundle: str | Path, *, system: str | None = None, max_til
     encoder = PromptEncoder(Tokenizer.from_file(str(folder / m.parts["tokenizer"].file)), m.model.template,
                             m.model.tokens_per_tile)  # fmt: skip
     try:
+        start = time.perf_counter()
+        llm = RkllmModel(folder / m.parts[f"llm_{target}"].file, library=library, max_context=m.context_length)
+        middle = time.perf_counter()
         vision = RknnVisionEncoder.load(folder / m.parts[f"vision_{target}"].file, m.model.tokens_per_tile,
                                         m.model.text.hidden_size)  # fmt: skip
-        llm = RkllmModel(folder / m.parts[f"llm_{target}"].file, library=library, max_context=m.context_length)
+        load_times = {"llm": middle - start, "vision": time.perf_counter() - middle}
     except ImportError:
         raise BoardError("rknn-toolkit-lite2 is not installed (pip install rknn-toolkit-lite2 on the board)") from None
     except (RknnError, RkllmError) as e:
         raise BoardError(str(e)) from None
-    return BoardSession(encoder, vision, llm, system=system, max_tiles=max_tiles or m.max_tiles,
-                        tokens_per_tile=m.model.tokens_per_tile)  # fmt: skip
+    session = BoardSession(encoder, vision, llm, system=system, max_tiles=max_tiles or m.max_tiles,
+                           tokens_per_tile=m.model.tokens_per_tile)  # fmt: skip
+    session.load_times = load_times
+    return session
