@@ -40,6 +40,9 @@ HELP = {
 }  # fmt: skip
 
 
+CHOICES = {"backend": ["auto", "cpu", "rk3588"]}
+
+
 def _kind(f: object) -> type:
     text = str(f.type)  # type: ignore[attr-defined]
     return bool if "bool" in text else Path if "Path" in text else float if "float" in text else \
@@ -65,7 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         if kind is bool:
             p.add_argument(*names, dest=f.name, action="store_true", default=default, help=helptext)
         else:
-            p.add_argument(*names, dest=f.name, type=kind, default=default, help=helptext)
+            choices = CHOICES.get(f.name)
+            p.add_argument(*names, dest=f.name, type=kind, default=default, help=helptext, choices=choices)
 
 
 def from_namespace(args: argparse.Namespace) -> ServerSettings:
