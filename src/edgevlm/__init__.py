@@ -15,7 +15,7 @@ def load(path: str | Path, *, threads: int | None = None, verify: bool = False, 
     Both answer `.chat(...)` and `.session(...)`."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    from .chat import on_rk3588_board
+    from .rk3588 import on_rk3588_board
 
     if backend == "rk3588" or (backend == "auto" and on_rk3588_board()):
         from .rk3588.board import BoardModel

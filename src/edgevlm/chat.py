@@ -72,34 +72,12 @@ def _answer(session: ChatSession | BoardSession, question: str, images: list[Pat
         print(session.last_stats.summary(), file=sys.stderr)
 
 
-def on_rk3588_board() -> bool:
-    """An RK3588 whose NPU libraries load: the board backend is used when a bundle has its artifacts."""
-    try:
-        compatible = Path("/proc/device-tree/compatible").read_bytes()
-    except OSError:
-        return False
-    if b"rk3588" not in compatible:
-        return False
-    try:
-        import ctypes
-
-        import rknnlite.api  # noqa: F401
-
-        ctypes.CDLL("librkllmrt.so")
-    except (ImportError, OSError):
-        return False
-    return True
-
-
 def open_session(opts: ChatOptions) -> ChatSession | BoardSession:
     """A CPU ChatSession, or with backend rk3588 (or auto on a board) a BoardSession."""
-    if opts.backend == "rk3588" or (opts.backend == "auto" and on_rk3588_board()):
-        from .rk3588.board import load_board_session
+    from . import load
 
-        return load_board_session(opts.bundle, system=opts.system, max_tiles=opts.max_tiles)
-    from .model import load
-
-    return load(opts.bundle, threads=opts.threads).session(opts.system, max_tiles=opts.max_tiles)
+    model = load(opts.bundle, threads=opts.threads, backend=opts.backend)
+    return model.session(opts.system, max_tiles=opts.max_tiles)
 
 
 def run_chat(opts: ChatOptions) -> int:

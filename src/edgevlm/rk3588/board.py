@@ -71,9 +71,9 @@ class BoardSession:
     """History plus RKLLM's own cache: each turn sends only the text RKLLM has not seen."""
 
     def __init__(self, encoder: PromptEncoder, vision: object, llm: RkllmModel, *, system: str | None = None,
-                 max_tiles: int = 12, tokens_per_tile: int = 256) -> None:  # fmt: skip
+                 max_tiles: int = 12) -> None:  # fmt: skip
         self.encoder, self.vision, self.llm = encoder, vision, llm
-        self.system, self.max_tiles, self.tokens_per_tile = system, max_tiles, tokens_per_tile
+        self.system, self.max_tiles = system, max_tiles
         self.load_times = {"llm": 0.0, "vision": 0.0}
         self.clear()
 
@@ -170,7 +170,7 @@ class BoardModel:
         from ..bundle import open_bundle
 
         self.manifest = open_bundle(bundle)
-        self.session_ = load_board_session(bundle, library=library, target=target)
+        self.session_ = load_board_session(bundle, library=library, target=target, manifest=self.manifest)
 
     @classmethod
     def from_parts(cls, manifest: Manifest, session: BoardSession) -> BoardModel:
@@ -236,7 +236,8 @@ class BoardModel:
 
 
 def load_board_session(bundle: str | Path, *, system: str | None = None, max_tiles: int | None = None,
-                       library: str = "librkllmrt.so", target: str = "rk3588") -> BoardSession:  # fmt: skip
+                       library: str = "librkllmrt.so", target: str = "rk3588",
+                       manifest: Manifest | None = None) -> BoardSession:  # fmt: skip
     """A BoardSession for a bundle with its `export-rk3588` artifacts (on the board itself)."""
     from tokenizers import Tokenizer
 
@@ -244,7 +245,7 @@ def load_board_session(bundle: str | Path, *, system: str | None = None, max_til
     from .rknn_lite import RknnError, RknnVisionEncoder
 
     folder = Path(bundle)
-    m = open_bundle(folder)
+    m = manifest or open_bundle(folder)
     for part in (f"vision_{target}", f"llm_{target}"):
         if part not in m.parts:
             raise BoardError(f"{folder} has no {part} artifact: run `edgevlm export-rk3588` (and the .rkllm recipe)")
@@ -261,7 +262,6 @@ def load_board_session(bundle: str | Path, *, system: str | None = None, max_til
         raise BoardError("rknn-toolkit-lite2 is not installed (pip install rknn-toolkit-lite2 on the board)") from None
     except (RknnError, RkllmError) as e:
         raise BoardError(str(e)) from None
-    session = BoardSession(encoder, vision, llm, system=system, max_tiles=max_tiles or m.max_tiles,
-                           tokens_per_tile=m.model.tokens_per_tile)  # fmt: skip
+    session = BoardSession(encoder, vision, llm, system=system, max_tiles=max_tiles or m.max_tiles)
     session.load_times = load_times
     return session

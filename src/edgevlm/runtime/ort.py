@@ -65,15 +65,15 @@ def create_session(model: str | Path, *, threads: int | None = None, cache: bool
         # Already optimised: re-running the optimisers costs more load time than it gains (measured).
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         return ort.InferenceSession(str(cached), so, providers=providers)
-    tmp = Path(tempfile.mkdtemp(prefix=".opt-", dir=cache_root().parent if cache_root().parent.exists() else None))
+    cache_root().mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".opt-", dir=cache_root()))  # beside its final place: a rename
     try:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.optimized_model_filepath = str(tmp / "model.onnx")
         so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "model.onnx.data")
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         session = ort.InferenceSession(str(model), so, providers=providers)
-        cached.parent.parent.mkdir(parents=True, exist_ok=True)
-        if not cached.parent.exists():
+        if not cached.parent.exists():  # another process may have cached it meanwhile
             tmp.rename(cached.parent)
         return session
     finally:
