@@ -139,6 +139,7 @@ class FakeRknn:
 def test_board_session_drives_rkllm_per_turn(model, stub):
     from PIL import Image
 
+    from edgevlm.image import Tiling
     from edgevlm.prompt import PromptEncoder
     from edgevlm.rk3588.board import BoardSession, defuse
     from edgevlm.rk3588.rknn_lite import RknnVisionEncoder
@@ -146,7 +147,7 @@ def test_board_session_drives_rkllm_per_turn(model, stub):
 
     runtime = FakeRknn()
     session = BoardSession(PromptEncoder(fixture_tokenizer()[0]), RknnVisionEncoder(runtime, 256, 8), model,
-                           max_tiles=1)  # fmt: skip
+                           tiling=Tiling(max_tiles=1))  # fmt: skip
     img = Image.new("RGB", (640, 480), (200, 100, 50))
     answer = "".join(session.ask("What is this <|im_end|>?", [img]))
     assert answer == "Hello 你好! more more more"
@@ -165,6 +166,33 @@ def test_board_session_drives_rkllm_per_turn(model, stub):
     next(pieces)
     pieces.close()  # Ctrl-C: aborts the run, keeps the partial answer
     assert session.turns[-1].answer == "Hel"
+
+
+def test_board_sessions_tile_as_the_manifest_says(model, stub, tiny_ckpt, tmp_path):
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from edgevlm.bundle import open_bundle
+    from edgevlm.convert import ConvertOptions, convert
+    from edgevlm.prompt import PromptEncoder
+    from edgevlm.rk3588.board import BoardModel, BoardSession
+    from edgevlm.rk3588.rknn_lite import RknnVisionEncoder
+    from edgevlm.testing.vocab import fixture_tokenizer
+
+    convert(tiny_ckpt["hf"], tmp_path / "b", ConvertOptions(), log=lambda m: None)
+    m = open_bundle(tmp_path / "b")
+    m = replace(m, min_tiles=2, max_tiles=6, model=replace(m.model, use_thumbnail=False))
+    runtime = FakeRknn()
+    board = BoardModel.from_parts(m, BoardSession(PromptEncoder(fixture_tokenizer()[0]),
+                                                  RknnVisionEncoder(runtime, 256, 8), model))  # fmt: skip
+    img = Image.new("RGB", (100, 100), (1, 2, 3))  # square: one tile alone, unless min_tiles says more
+    "".join(board.session().ask("What?", [img]))
+    assert sum(shape[0] for shape, _, _ in runtime.calls) == 4  # a 2x2 grid (min 2 tiles), no thumbnail
+    assert stub.stub_num(b"n_image_tokens") == 4 * 256
+    runtime.calls.clear()
+    "".join(board.session(max_tiles=1).ask("What?", [img]))  # a cap below min_tiles wins
+    assert sum(shape[0] for shape, _, _ in runtime.calls) == 1
 
 
 def test_server_runs_on_the_board_backend(model, stub, tiny_ckpt, tmp_path):

@@ -10,7 +10,7 @@ Unlike the reference, EXIF orientation is applied, so phone photos are seen upri
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -146,3 +146,22 @@ def load_tiles(source: ImageSource, *, min_tiles: int = 1, max_tiles: int = MAX_
     _check_counts(min_tiles, max_tiles)
     return tile_image(load_image(source, max_pixels=max_pixels), min_tiles=min_tiles, max_tiles=max_tiles,
                       use_thumbnail=use_thumbnail)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a model wants its images tiled (a bundle's manifest says), capped per request."""
+
+    min_tiles: int = 1
+    max_tiles: int = MAX_TILES
+    use_thumbnail: bool = True
+
+    def capped(self, max_tiles: int | None) -> Tiling:
+        """At most `max_tiles` tiles (None: the model's own limit)."""
+        if not max_tiles:
+            return self
+        return replace(self, min_tiles=min(self.min_tiles, max_tiles), max_tiles=max_tiles)
+
+    def load(self, source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tiles:
+        return load_tiles(source, min_tiles=self.min_tiles, max_tiles=self.max_tiles,
+                          use_thumbnail=self.use_thumbnail, max_pixels=max_pixels)  # fmt: skip

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from .bundle import Manifest, open_bundle
 from .embedding import EmbeddingTable
-from .image import DEFAULT_MAX_PIXELS, ImageSource, Tiles, load_tiles
+from .image import DEFAULT_MAX_PIXELS, ImageSource, Tiles, Tiling
 from .prompt import PromptEncoder, Turn
 from .runtime.decoder import OrtLanguageModel
 from .runtime.generate import GenerationStats, StreamChunk, stream_generate
@@ -37,13 +37,15 @@ class EncodedImage:
     features: np.ndarray | None = field(default=None, repr=False)
 
 
+def tiling_of(manifest: Manifest) -> Tiling:
+    """The tiling a bundle's model was trained with."""
+    return Tiling(manifest.min_tiles, manifest.max_tiles, manifest.model.use_thumbnail)
+
+
 def encode_image(manifest: Manifest, source: ImageSource, *, max_tiles: int | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:  # fmt: skip
     """Load and tile an image as a bundle's model wants it (features are computed when first needed)."""
-    m = manifest
-    tiles = load_tiles(source, min_tiles=min(m.min_tiles, max_tiles or m.max_tiles),
-                       max_tiles=max_tiles or m.max_tiles, use_thumbnail=m.model.use_thumbnail,
-                       max_pixels=max_pixels)  # fmt: skip
+    tiles = tiling_of(manifest).capped(max_tiles).load(source, max_pixels=max_pixels)
     return EncodedImage(tiles, hashlib.sha1(tiles.pixels.tobytes()).hexdigest())
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import Manifest
-from ..image import DEFAULT_MAX_PIXELS, ImageSource, load_tiles
-from ..model import EncodedImage, Prepared, TurnStats, encode_image
+from ..image import DEFAULT_MAX_PIXELS, ImageSource, Tiling
+from ..model import EncodedImage, Prepared, TurnStats, encode_image, tiling_of
 from ..prompt import IMG_CONTEXT, IMG_END, IMG_START, PromptEncoder, Turn
 from ..runtime.generate import GenerationStats, StreamChunk
 from ..runtime.sampling import SamplingParams
@@ -71,9 +71,9 @@ class BoardSession:
     """History plus RKLLM's own cache: each turn sends only the text RKLLM has not seen."""
 
     def __init__(self, encoder: PromptEncoder, vision: object, llm: RkllmModel, *, system: str | None = None,
-                 max_tiles: int = 12) -> None:  # fmt: skip
+                 tiling: Tiling | None = None) -> None:  # fmt: skip
         self.encoder, self.vision, self.llm = encoder, vision, llm
-        self.system, self.max_tiles = system, max_tiles
+        self.system, self.tiling = system, tiling or Tiling()
         self.load_times = {"llm": 0.0, "vision": 0.0}
         self.clear()
 
@@ -98,7 +98,7 @@ class BoardSession:
 
     def ask(self, question: str, images: Sequence[ImageSource] = (), *, max_tokens: int = 512) -> Iterator[str]:
         """Stream the answer; closing the iterator (Ctrl-C, a client gone) aborts the run."""
-        tiles = [load_tiles(src, max_tiles=self.max_tiles) for src in images]
+        tiles = [self.tiling.load(src) for src in images]
         turn = Turn(question, tuple(t.count for t in tiles))
         pieces = self.run_prompt(rkllm_prompt(self.encoder, [*self.turns, turn], self.system),
                                  [t.pixels for t in tiles], max_tokens)  # fmt: skip
@@ -224,7 +224,7 @@ class BoardModel:
 
     def session(self, system: str | None = None, *, max_tiles: int | None = None) -> BoardSession:
         s = self.session_
-        s.system, s.max_tiles = system, max_tiles or s.max_tiles
+        s.system, s.tiling = system, tiling_of(self.manifest).capped(max_tiles)
         s.clear()
         return s
 
@@ -262,6 +262,6 @@ def load_board_session(bundle: str | Path, *, system: str | None = None, max_til
         raise BoardError("rknn-toolkit-lite2 is not installed (pip install rknn-toolkit-lite2 on the board)") from None
     except (RknnError, RkllmError) as e:
         raise BoardError(str(e)) from None
-    session = BoardSession(encoder, vision, llm, system=system, max_tiles=max_tiles or m.max_tiles)
+    session = BoardSession(encoder, vision, llm, system=system, tiling=tiling_of(m).capped(max_tiles))
     session.load_times = load_times
     return session

@@ -2,12 +2,18 @@
 
 Creating a session optimises the graph (fusions, constant folding), about 1 s per graph. The
 optimised graph is saved once per machine and ONNX Runtime version, and later loads skip that work.
+
+With `mapped=True` the weights as repacked for the CPU kernels are saved with the graph too, and
+later sessions map them from the file instead of repacking them into fresh memory. Loading is
+faster, and where the page cache holds large folios the weights are mapped with 2 MB pages: the
+decoder, which streams all its weights once per token, measured 8 % faster (fewer TLB misses).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -42,37 +48,86 @@ def _options(threads: int) -> ort.SessionOptions:
     return so
 
 
-def _cache_key(model: Path, threads: int) -> str:
-    h = hashlib.sha256(f"{ort.__version__}|{threads}|{model.resolve()}".encode())
+def _cpu_identity() -> str:
+    """The instruction sets the repacked weights were laid out for."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        flags = ""
+    return f"{platform.machine()}|{flags.strip()}"
+
+
+def _signature(model: Path) -> str:
+    """The model's version: its files' sizes and times (a re-converted bundle gets new ones)."""
+    parts = []
     for f in (model, model.with_name(model.name + ".data")):
         if f.exists():
             st = f.stat()
-            h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:20]
+            parts.append(f"{f.name}|{st.st_size}|{st.st_mtime_ns}")
+    return ";".join(parts)
 
 
-def create_session(model: str | Path, *, threads: int | None = None, cache: bool = True) -> ort.InferenceSession:
-    """A CPU session for `model`, from the cached optimised graph when there is one."""
+def _cache_key(model: Path, threads: int, mapped: bool) -> str:
+    ident = f"{ort.__version__}|{threads}|{mapped}|{_cpu_identity()}|{model.resolve()}|{_signature(model)}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:20]
+
+
+def _prune(model: Path) -> None:
+    """Drop cached graphs of models that are gone or have changed since (the cache would grow)."""
+    me = str(model.resolve())
+    for folder in cache_root().iterdir():
+        if folder.name.startswith(".") or not folder.is_dir():  # temp folders of graphs being written
+            continue
+        try:
+            source, signature = (folder / "source").read_text().split("\n", 1)
+        except (OSError, ValueError):  # written by an older edgevlm: no record of its model
+            source, signature = "", ""
+        if not source or not Path(source).exists() or (source == me and signature != _signature(model)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def create_session(
+    model: str | Path, *, threads: int | None = None, cache: bool = True, mapped: bool = False
+) -> ort.InferenceSession:
+    """A CPU session for `model`, from the cached optimised graph when there is one.
+
+    `mapped`: also cache the repacked weights and map them from the file (see the module note).
+    """
     model = Path(model)
     threads = threads or default_threads()
-    so = _options(threads)
     providers = ["CPUExecutionProvider"]
     if not cache:
+        so = _options(threads)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return ort.InferenceSession(str(model), so, providers=providers)
-    cached = cache_root() / _cache_key(model, threads) / "model.onnx"
-    if cached.exists():
-        # Already optimised: re-running the optimisers costs more load time than it gains (measured).
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        return ort.InferenceSession(str(cached), so, providers=providers)
+    cached = cache_root() / _cache_key(model, threads, mapped) / "model.onnx"
+    if not cached.exists():
+        session = _optimise(model, cached, threads, mapped)
+        if not mapped:
+            return session
+        del session  # its weights were repacked into memory: load the mapped form instead
+    so = _options(threads)
+    # Already optimised: re-running the optimisers costs more load time than it gains (measured).
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(str(cached), so, providers=providers)
+
+
+def _optimise(model: Path, cached: Path, threads: int, mapped: bool) -> ort.InferenceSession:
+    """Optimise `model` into the cache folder of `cached`, written whole or not at all."""
     cache_root().mkdir(parents=True, exist_ok=True)
+    _prune(model)
     tmp = Path(tempfile.mkdtemp(prefix=".opt-", dir=cache_root()))  # beside its final place: a rename
     try:
+        so = _options(threads)
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.optimized_model_filepath = str(tmp / "model.onnx")
         so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "model.onnx.data")
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-        session = ort.InferenceSession(str(model), so, providers=providers)
+        if mapped:
+            so.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
+        session = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+        (tmp / "source").write_text(f"{model.resolve()}\n{_signature(model)}")
         if not cached.parent.exists():  # another process may have cached it meanwhile
             tmp.rename(cached.parent)
         return session
