@@ -39,7 +39,7 @@ class OrtLanguageModel:
 
     def __init__(self, model: str | Path, embedding: EmbeddingTable, cfg: TextConfig, *, max_context: int,
                  threads: int | None = None, prefill_chunk: int = 512, cache: bool = True) -> None:  # fmt: skip
-        self.session = create_session(model, threads=threads, cache=cache, mapped=True)
+        self.session = create_session(model, threads=threads, cache=cache)
         self.embedding = embedding
         self.max_context = max_context
         self.prefill_chunk = prefill_chunk
