@@ -23,3 +23,9 @@ def test_bench_json_on_a_tiny_bundle(tiny_ckpt, tmp_path):
     for s in d["samples"]:  # the first token waits for the vision encoder and the prefill
         assert s["ttft_ms"] >= s["vision_ms"] + s["prefill_ms"]
         assert abs(s["vision_ms_per_tile"] * s["tiles"] - s["vision_ms"]) < 1e-6
+        # The decode ceiling is the read bandwidth over the bytes of the LLM's weights.
+        weights = (tmp_path / "b" / "llm.onnx.data").stat().st_size
+        assert abs(s["decode_ceiling_tok_s"] - s["memory_read_gbs"] * 1e9 / weights) < 1e-6 * s["decode_ceiling_tok_s"]
+        assert abs(s["decode_of_ceiling"] * s["decode_ceiling_tok_s"] - s["decode_tok_s"]) < 1e-6 * s["decode_tok_s"]
+        assert 1 < s["memory_read_gbs"] < 2000
+    assert "GB/s: decode ceiling" in r.stdout

@@ -8,8 +8,10 @@ import pytest
 from edgevlm.checkpoint import open_checkpoint
 from edgevlm.embedding import EmbeddingTable, write_embedding
 from edgevlm.graphs.decoder import DecoderGraphSpec, build_decoder_graph
+from edgevlm.graphs.vision import VisionGraphSpec, build_vision_graph
 from edgevlm.runtime import ort as ort_mod
 from edgevlm.runtime.decoder import OrtLanguageModel
+from edgevlm.runtime.vision import OrtVisionEncoder
 
 MAX = 64
 
@@ -33,15 +35,17 @@ def run(path, table, text, *, cache):
     return np.stack([lm.prefill(lm.embed(ids), position=0)] + [lm.decode(i) for i in (5, 6, 7)])
 
 
-def test_mapped_weights_give_the_same_logits(w8a8):
-    path, table, text = w8a8
-    plain = run(path, table, text, cache=False)
-    first = run(path, table, text, cache=True)  # optimises, saves the repacked weights, maps them
+def test_mapped_weights_give_the_same_features(tiny_ckpt, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEVLM_CACHE", str(tmp_path / "cache"))
+    ck = open_checkpoint(tiny_ckpt["original"])
+    path = build_vision_graph(ck.get, ck.config, tmp_path / "v.onnx", VisionGraphSpec("int8"))
+    pixels = np.random.default_rng(0).standard_normal((1, 3, 448, 448)).astype(np.float32)
+    plain = OrtVisionEncoder(path, cache=False).encode(pixels)
+    first = OrtVisionEncoder(path).encode(pixels)  # optimises, saves the repacked weights, maps them
     (entry,) = entries()
-    data = entry / "model.onnx.data"
     # The saved file holds the repacked weights besides the graph's own, so it outgrows the source's.
-    assert data.stat().st_size > path.with_name("llm.onnx.data").stat().st_size
-    again = run(path, table, text, cache=True)  # straight from the cache
+    assert (entry / "model.onnx.data").stat().st_size > path.with_name("v.onnx.data").stat().st_size
+    again = OrtVisionEncoder(path).encode(pixels)  # straight from the cache
     assert entries() == [entry]
     np.testing.assert_array_equal(first, again)
     np.testing.assert_allclose(first, plain, rtol=0, atol=1e-5)

@@ -3,7 +3,12 @@
 Each figure is the median, min and max over `runs` runs after one warm-up run. Each run is a fresh
 process (so its peak resident memory is that of one load and one answer): it drops the bundle's
 files from the page cache (posix_fadvise DONTNEED), loads cold, answers, notes its peak memory,
-then measures a warm load.
+then measures a warm load and the machine's memory read bandwidth.
+
+Decode reads every weight of the language model once per token, so its ceiling is the read
+bandwidth over the weights' bytes. The bandwidth of a shared or virtual machine varies from hour to
+hour (22 to 34 GB/s seen on one), so each run measures it beside its decode figure: the fraction of
+that ceiling reached is what compares across machines and days.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ from .runtime.sampling import SamplingParams
 
 KEYS = ("load_cold_s", "load_warm_s", "vision_ms_per_tile", "prefill_tok_s", "ttft_ms", "decode_tok_s", "peak_rss_mb")
 EXTRA = ("llm_load_cold_s", "llm_load_warm_s", "vision_load_cold_s", "vision_load_warm_s", "vision_ms",
-         "prefill_tokens", "prefill_ms")  # fmt: skip
+         "prefill_tokens", "prefill_ms", "memory_read_gbs", "decode_ceiling_tok_s", "decode_of_ceiling")  # fmt: skip
+BANDWIDTH_BYTES = 512 * 2**20  # well past any last-level cache the model's weights could live in
 BOARD_DEMO = {"ram_gb": 1.3, "llm_cold_s": 6.8, "llm_warm_s": 1.1, "vlm_cold_s": 7.8, "vlm_warm_s": 0.75,
               "resolution": "448x448 (one padded tile)", "tokens_s": 30}  # fmt: skip
 
@@ -56,6 +62,28 @@ def drop_page_cache(paths: list[Path]) -> bool:
         finally:
             os.close(fd)
     return True
+
+
+def read_bandwidth_gbs(threads: int, nbytes: int = BANDWIDTH_BYTES, repeats: int = 5) -> float:
+    """Memory read bandwidth with `threads` threads (numpy sums, which release the GIL): the best of a few."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = np.ones(nbytes // 8, dtype=np.uint64)
+    parts = np.array_split(data, threads)
+    best = float("inf")
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(pool.map(np.sum, parts))
+            best = min(best, time.perf_counter() - start)
+    return data.nbytes / best / 1e9
+
+
+def llm_weight_bytes(bundle: Path) -> int:
+    """Bytes of the CPU language model's weights: what one decode step reads (0 when it has none)."""
+    part = open_bundle(bundle).parts.get("llm")
+    data = bundle / f"{part.file}.data" if part else None
+    return data.stat().st_size if data and data.exists() else 0
 
 
 def _rss_peak_mb() -> float:
@@ -95,7 +123,7 @@ def _bundle_files(folder: Path) -> list[Path]:
 
 def run_once(opts: BenchOptions) -> dict[str, float]:
     """A cold load, one answer, then a warm load: the raw figures of one run (call in a fresh process)."""
-    from .model import Prepared, TurnStats
+    from .model import VLM, Prepared, TurnStats
     from .prompt import Turn
 
     dropped = drop_page_cache(_bundle_files(opts.bundle))
@@ -109,15 +137,19 @@ def run_once(opts: BenchOptions) -> dict[str, float]:
         pass
     peak = _rss_peak_mb()
     g = s.generation
+    weights = llm_weight_bytes(opts.bundle) if isinstance(model, VLM) else 0  # not the NPU's own model
     del model, image
     gc.collect()
     _, warm, llm_warm, vis_warm = _timed_load(opts)
+    gbs = read_bandwidth_gbs(opts.threads or default_threads())  # after the peak was noted: it takes 512 MB
+    ceiling = gbs * 1e9 / weights if weights else float("nan")
     out = {
         "load_cold_s": cold, "load_warm_s": warm, "llm_load_cold_s": llm_cold, "llm_load_warm_s": llm_warm,
         "vision_load_cold_s": vis_cold, "vision_load_warm_s": vis_warm, "vision_ms": s.vision_ms,
         "vision_ms_per_tile": s.vision_ms / max(s.tiles, 1), "tiles": s.tiles, "prefill_tokens": g.prompt_tokens,
         "prefill_ms": g.prefill_ms, "prefill_tok_s": g.prefill_tok_s, "ttft_ms": s.ttft_ms,
         "decode_tok_s": g.decode_tok_s, "peak_rss_mb": peak, "page_cache_dropped": float(dropped),
+        "memory_read_gbs": gbs, "decode_ceiling_tok_s": ceiling, "decode_of_ceiling": g.decode_tok_s / ceiling,
     }  # fmt: skip
     return out
 
@@ -171,6 +203,10 @@ def format_table(r: dict[str, Any]) -> str:
     ]
     footer = (f"prompt {r['prompt_tokens']} tokens ({r['question_tokens']}-token question + {r['tiles']} tile(s)), "
               f"{r['gen_tokens']} generated, {r['runs']} runs after a warm-up")  # fmt: skip
+    if r["decode_ceiling_tok_s"]["median"] == r["decode_ceiling_tok_s"]["median"]:  # not NaN
+        footer += (f"\nmemory read {m('memory_read_gbs', '{:.1f}')} GB/s: decode ceiling "
+                   f"{m('decode_ceiling_tok_s', '{:.1f}')} tokens/s, "
+                   f"{m('decode_of_ceiling', '{:.0%}')} of it reached")  # fmt: skip
     if not r["page_cache_dropped"]:
         footer += "\nnote: the page cache could not be dropped; cold = warm here."
     stage_head = ["| stage | median | min | max |", "|---|---|---|---|"]
