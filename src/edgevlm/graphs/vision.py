@@ -2,7 +2,7 @@
 
     pixel_values [N,3,448,448]
       └─ patch Conv 14/14 ─ flatten ─ concat cls ─ + pos           [N,1025,D]
-      └─ layers.i:  x += ls1 * attn(LN1(x));  x += ls2 * mlp(LN2(x))
+      └─ layers.i:  x += ls1 * attn(LN1(x));  x += ls2 * mlp(LN2(x))   (ls folded into proj, fc2)
       └─ drop cls ─ [N,32,32,D] ─ pixel shuffle v2 (0.5)            [N,256,4D]
       └─ projector: LN(eps 1e-5) ─ fc1 ─ GELU ─ fc2                 [N,256,H] image_features
 
@@ -49,10 +49,17 @@ class _Builder:
     def __init__(self, g: Graph, get: Weights, cfg: ModelConfig, spec: VisionGraphSpec) -> None:
         self.g, self.get, self.cfg, self.spec = g, get, cfg, spec
 
-    def linear(self, x: str, name: str, scope: str) -> str:
-        """x @ W^T + b for the canonical weight `{name}.weight` (and `.bias`)."""
-        g, w = self.g, self.get(name + ".weight")
-        bias = g.weight(name + ".bias", self.get(name + ".bias"))
+    def linear(self, x: str, name: str, scope: str, out_scale: str | None = None) -> str:
+        """x @ W^T + b for the canonical weight `{name}.weight` (and `.bias`).
+
+        `out_scale` names a per-channel scale folded into W and b (InternViT's layer scales): one
+        multiply of a [N,1025,D] activation per use less, and exact in every precision.
+        """
+        g, w, b = self.g, self.get(name + ".weight"), self.get(name + ".bias")
+        if out_scale is not None:
+            scale = self.get(out_scale).astype(np.float32)
+            w, b = w * scale[:, None], b * scale
+        bias = g.weight(name + ".bias", b)
         if self.spec.precision == "int8":
             q, scale = int8_per_channel(w)
             ins = [x, g.weight(name + ".weight.int8", q), g.weight(name + ".weight.scale", scale), "", bias]
@@ -68,8 +75,10 @@ class _Builder:
         return self.g.op("LayerNormalization", [x, w, b], scope, axis=-1, epsilon=eps)
 
     def gelu(self, x: str, scope: str) -> str:
-        """Exact GELU from Erf (the Gelu op needs opset 20); ONNX Runtime fuses it back."""
+        """Exact GELU: ONNX Runtime's Gelu where contrib ops are allowed, else from Erf (Gelu is opset 20)."""
         g = self.g
+        if self.spec.contrib:  # one node instead of five (ONNX Runtime does not fuse this Erf form back)
+            return g.op("Gelu", [x], scope, domain="com.microsoft")
         erf = g.op("Erf", [g.op("Mul", [x, g.const("/c/inv_sqrt2", 2**-0.5, np.float32)], scope)], scope)
         half_x = g.op("Mul", [x, g.const("/c/half", 0.5, np.float32)], scope)
         return g.op("Mul", [half_x, g.op("Add", [erf, g.const("/c/one", 1.0, np.float32)], scope)], scope)
@@ -106,16 +115,16 @@ class _Builder:
             scores = g.op("MatMul", [q, g.op("Transpose", [k], s, perm=[0, 1, 3, 2])], s)
             ctx = g.op("MatMul", [g.op("Softmax", [scores], s, axis=-1), val], s)
             out = g.op("Reshape", [g.op("Transpose", [ctx], s, perm=[0, 2, 1, 3]), g.const("/c/merge", [0, 0, -1])], s)
-        return self.linear(out, f"vision.layers.{i}.attn.proj", s + "/proj")
+        return self.linear(out, f"vision.layers.{i}.attn.proj", s + "/proj", out_scale=f"vision.layers.{i}.ls1")
 
     def layer(self, x: str, i: int) -> str:
         g, eps, p, s = self.g, self.cfg.vision.layer_norm_eps, f"vision.layers.{i}", f"/vision/layers.{i}"
-        attn = self.attention(self.layer_norm(x, p + ".norm1", s + "/norm1", eps), i)
-        x = g.op("Add", [x, g.op("Mul", [attn, g.weight(p + ".ls1", self.get(p + ".ls1"))], s + "/ls1")], s + "/res1")
+        attn = self.attention(self.layer_norm(x, p + ".norm1", s + "/norm1", eps), i)  # ls1 folded into proj
+        x = g.op("Add", [x, attn], s + "/res1")
         h = self.layer_norm(x, p + ".norm2", s + "/norm2", eps)
         h = self.linear(self.gelu(self.linear(h, p + ".mlp.fc1", s + "/mlp/fc1"), s + "/mlp/act"), p + ".mlp.fc2",
-                        s + "/mlp/fc2")  # fmt: skip
-        return g.op("Add", [x, g.op("Mul", [h, g.weight(p + ".ls2", self.get(p + ".ls2"))], s + "/ls2")], s + "/res2")
+                        s + "/mlp/fc2", out_scale=p + ".ls2")  # fmt: skip
+        return g.op("Add", [x, h], s + "/res2")
 
     def pixel_shuffle(self, x: str) -> str:
         """InternVL's pixel shuffle v2 at scale 0.5: [N,1025,D] ─ drop cls ─ [N,256,4D]."""
