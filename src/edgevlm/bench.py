@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .bundle import open_bundle
+from .bundle import Manifest, open_bundle
 from .runtime.ort import cache_root, default_threads
 from .runtime.sampling import SamplingParams
 
@@ -79,11 +79,12 @@ def read_bandwidth_gbs(threads: int, nbytes: int = BANDWIDTH_BYTES, repeats: int
     return data.nbytes / best / 1e9
 
 
-def llm_weight_bytes(bundle: Path) -> int:
-    """Bytes of the CPU language model's weights: what one decode step reads (0 when it has none)."""
-    part = open_bundle(bundle).parts.get("llm")
-    data = bundle / f"{part.file}.data" if part else None
-    return data.stat().st_size if data and data.exists() else 0
+def llm_weight_bytes(manifest: Manifest) -> int:
+    """Bytes of the CPU language model's weights (the manifest's record of its data file): what one
+    decode step reads; 0 when it has none."""
+    part = manifest.parts.get("llm")
+    entry = manifest.files.get(f"{part.file}.data") if part else None
+    return int(entry["size"]) if entry else 0
 
 
 def _rss_peak_mb() -> float:
@@ -137,7 +138,7 @@ def run_once(opts: BenchOptions) -> dict[str, float]:
         pass
     peak = _rss_peak_mb()
     g = s.generation
-    weights = llm_weight_bytes(opts.bundle) if isinstance(model, VLM) else 0  # not the NPU's own model
+    weights = llm_weight_bytes(model.manifest) if isinstance(model, VLM) else 0  # not the NPU's own model
     del model, image
     gc.collect()
     _, warm, llm_warm, vis_warm = _timed_load(opts)

@@ -11,6 +11,7 @@ back from disk, 30 % slower (file pages stream slower than anonymous memory here
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -48,6 +49,7 @@ def _options(threads: int) -> ort.SessionOptions:
     return so
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_identity() -> str:
     """The instruction sets the repacked weights were laid out for."""
     try:
@@ -75,7 +77,7 @@ def _cache_key(model: Path, threads: int) -> str:
 
 def _prune(model: Path) -> None:
     """Drop cached graphs of models that are gone or have changed since (the cache would grow)."""
-    me = str(model.resolve())
+    me, mine = str(model.resolve()), _signature(model)
     for folder in cache_root().iterdir():
         if folder.name.startswith(".") or not folder.is_dir():  # temp folders of graphs being written
             continue
@@ -83,7 +85,7 @@ def _prune(model: Path) -> None:
             source, signature = (folder / "source").read_text().split("\n", 1)
         except (OSError, ValueError):  # written by an older edgevlm: no record of its model
             source, signature = "", ""
-        if not source or not Path(source).exists() or (source == me and signature != _signature(model)):
+        if not source or not Path(source).exists() or (source == me and signature != mine):
             shutil.rmtree(folder, ignore_errors=True)
 
 
