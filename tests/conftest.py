@@ -34,3 +34,24 @@ def tiny_ckpt(tiny_ref, tiny_cfg, tmp_path_factory) -> dict[str, Path]:
         out[naming] = root / naming
         save_checkpoint(tiny_ref, tiny_cfg, out[naming], naming=naming, dtype="bf16")
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_ckpt, tmp_path_factory) -> Path:
+    """The tiny model converted at full precision (parity with the reference)."""
+    from edgevlm.convert import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    convert(tiny_ckpt["hf"], out, ConvertOptions(llm="fp32", vision="fp32"), log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_bundle(tiny_ckpt, tmp_path_factory) -> Path:
+    """The tiny model converted w8a8 + int8 with a short context: small files, quick to copy and damage."""
+    from edgevlm.convert import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("bundle") / "small"
+    convert(tiny_ckpt["hf"], out, ConvertOptions(llm="w8a8", vision="int8", max_context=1024), log=lambda m: None)
+    return out
+

@@ -215,7 +215,7 @@ def test_server_runs_on_the_board_backend(model, stub, tiny_ckpt, tmp_path):
     convert(tiny_ckpt["hf"], tmp_path / "b", ConvertOptions(max_tiles=1), log=lambda m: None)
     session = BoardSession(PromptEncoder(fixture_tokenizer()[0]), RknnVisionEncoder(FakeRknn(), 256, 8), model)
     board = BoardModel.from_parts(open_bundle(tmp_path / "b"), session)
-    client = TestClient(create_app(ServerSettings(model=tmp_path / "b"), model=board))
+    client = TestClient(create_app(ServerSettings(model=tmp_path / "b"), model=board), base_url="http://127.0.0.1")
     buf = io.BytesIO()
     Image.new("RGB", (300, 200), (10, 200, 30)).save(buf, "PNG")
     url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -1,17 +1,11 @@
 """The OpenAI-compatible server, driven with the official openai client on a loopback port."""
 
 import base64
-import io
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -19,58 +13,12 @@ openai = pytest.importorskip("openai", reason="the openai client (test extra) is
 pytest.importorskip("uvicorn", reason="the [server] extra is not installed")
 
 import edgevlm  # noqa: E402
-from edgevlm.convert import ConvertOptions, convert  # noqa: E402
-
-KEY = "sekret"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def data_url(w, h, seed=0, noise=True):
-    buf = io.BytesIO()
-    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8) if noise else np.zeros((h, w, 3))
-    Image.fromarray(pixels.astype(np.uint8)).save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-class Server:
-    def __init__(self, bundle, *args, key=KEY):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "edgevlm", "serve", "-m", str(bundle), "--port", str(self.port), *args]
-        env = {**os.environ, "EDGEVLM_API_KEY": key} if key else dict(os.environ)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("server did not start")
-
-    def client(self, key=KEY):
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=60)
-
-    def rss_mb(self):
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS"))
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=20)
+from helpers import KEY, Server, data_url  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_ckpt, tmp_path_factory):
-    out = tmp_path_factory.mktemp("srv") / "tiny"
-    convert(tiny_ckpt["hf"], out, ConvertOptions(llm="fp32", vision="fp32"), log=lambda m: None)
-    return out
+def bundle(tiny_bundle):
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")

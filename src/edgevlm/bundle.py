@@ -15,11 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import ModelConfig, TextConfig, VisionConfig
+from .config import ConfigError, ModelConfig, TextConfig, VisionConfig
 
 FORMAT = "edgevlm-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# Files up to this size (graphs, tokenizer, scales) are checked against their sha256 at every load, so a
+# damaged one is named instead of failing inside ONNX Runtime; the large weight files only by `verify`.
+HASHED_AT_LOAD = 32 * 2**20
+REQUIRED_PARTS = ("vision", "llm", "embedding", "tokenizer")
 
 
 class BundleError(ValueError):
@@ -75,10 +79,12 @@ class Manifest:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Manifest:
-        if d.get("format") != FORMAT:
+    def from_dict(cls, d: Any) -> Manifest:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise BundleError("manifest.json: not an edgevlm bundle manifest")
-        version = int(d.get("format_version", 0))
+        version = d.get("format_version", 0)
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise BundleError(f"manifest.json: format_version must be a positive whole number, got {version!r}")
         if version > FORMAT_VERSION:
             raise BundleError(
                 f"bundle format version {version} is newer than this edgevlm supports ({FORMAT_VERSION}); "
@@ -87,18 +93,52 @@ class Manifest:
         try:
             raw = dict(d["model"])
             model = ModelConfig(vision=VisionConfig(**raw.pop("vision")), text=TextConfig(**raw.pop("text")), **raw)
-            return cls(
+            manifest = cls(
                 model=model,
                 parts={k: Part(**p) for k, p in d["parts"].items()},
-                context_length=int(d["context_length"]),
-                max_tiles=int(d["tiling"]["max_tiles"]),
-                min_tiles=int(d["tiling"]["min_tiles"]),
+                context_length=d["context_length"],
+                max_tiles=d["tiling"]["max_tiles"],
+                min_tiles=d["tiling"]["min_tiles"],
                 source=d.get("source", {}),
                 files=d["files"],
                 format_version=version,
             )
-        except (KeyError, TypeError) as e:
-            raise BundleError(f"manifest.json: malformed ({e!r})") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise BundleError(f"manifest.json: malformed ({type(e).__name__}: {e})") from None
+        manifest.check()
+        return manifest
+
+    def check(self) -> None:
+        """Numbers in range, and every file named is a plain file name recorded in `files`."""
+        for name, value in (("context_length", self.context_length), ("max_tiles", self.max_tiles),
+                            ("min_tiles", self.min_tiles)):  # fmt: skip
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BundleError(f"manifest.json: {name} must be a positive whole number, got {value!r}")
+        if self.min_tiles > self.max_tiles:
+            raise BundleError(f"manifest.json: min_tiles {self.min_tiles} > max_tiles {self.max_tiles}")
+        if not isinstance(self.source, dict):
+            raise BundleError("manifest.json: 'source' must be an object")
+        missing = [p for p in REQUIRED_PARTS if p not in self.parts]
+        if missing:
+            raise BundleError(f"manifest.json: the bundle has no {', '.join(missing)} part")
+        if not isinstance(self.files, dict):
+            raise BundleError("manifest.json: 'files' must be an object")
+        for name, entry in self.files.items():
+            _check_name(name)
+            size, digest = (entry.get("size"), entry.get("sha256")) if isinstance(entry, dict) else (None, None)
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0 or not isinstance(digest, str):
+                raise BundleError(f"manifest.json: the entry of {name} needs a size and a sha256")
+        for key, part in self.parts.items():
+            named = [part.file, *part.extra.get("files", [])] if isinstance(part.extra, dict) else [None]
+            for name in named:
+                if not isinstance(name, str) or name not in self.files:
+                    raise BundleError(f"manifest.json: part {key!r} names {name!r}, which is not a file of the bundle")
+
+
+def _check_name(name: object) -> None:
+    """A bundle file is a plain name inside the bundle folder: never a path that leads out of it."""
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise BundleError(f"manifest.json: file name {name!r} is not a plain file name inside the bundle; refused")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -133,23 +173,40 @@ def read_manifest(folder: str | Path) -> Manifest:
     if not path.exists():
         raise BundleError(f"{folder}: no manifest.json (not an edgevlm bundle; make one with `edgevlm convert`)")
     try:
-        return Manifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except json.JSONDecodeError as e:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise BundleError(f"{path}: not valid JSON ({e})") from None
+    try:
+        return Manifest.from_dict(raw)
+    except ConfigError as e:  # the model section: a bad value, named
+        raise BundleError(f"{path}: model.{e}") from None
+
+
+def is_bundle(folder: str | Path) -> bool:
+    """Whether `folder` holds an edgevlm manifest (possibly of a damaged or newer bundle)."""
+    try:
+        raw = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(raw, dict) and raw.get("format") == FORMAT
 
 
 def check_files(folder: str | Path, manifest: Manifest, *, hashes: bool = False) -> None:
-    """Every listed file present with its size (and, with `hashes`, its sha256)."""
+    """Every listed file present inside the bundle with its size, the small ones (and with `hashes`
+    all) with their sha256."""
     folder = Path(folder)
+    root = folder.resolve()
     for name, entry in manifest.files.items():
         path = folder / name
-        if not path.exists():
+        if not path.resolve().is_relative_to(root):  # a link that leads out of the bundle
+            raise BundleError(f"{folder}: file {name} points outside the bundle; refused")
+        if not path.is_file():
             raise BundleError(f"{folder}: file {name} is missing")
         size = path.stat().st_size
         if size != entry["size"]:
             raise BundleError(f"{folder}: file {name} has {size} bytes, the manifest says {entry['size']} (truncated?)")
-        if hashes and sha256_file(path) != entry["sha256"]:
-            raise BundleError(f"{folder}: file {name} does not match its sha256 (corrupt)")
+        if (hashes or size <= HASHED_AT_LOAD) and sha256_file(path) != entry["sha256"]:
+            raise BundleError(f"{folder}: file {name} does not match its sha256 (damaged; convert it again)")
 
 
 def open_bundle(folder: str | Path, *, hashes: bool = False) -> Manifest:

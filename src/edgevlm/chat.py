@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from .image import ImageError
+from .prompt import is_text
 from .runtime.decoder import ContextOverflow
 from .runtime.sampling import SamplingParams
 from .session import ChatSession
@@ -91,12 +92,17 @@ def run_chat(opts: ChatOptions) -> int:
 def _interactive(session: ChatSession | BoardSession, pending: list[Path], opts: ChatOptions) -> int:
     markdown = sys.stdout.isatty()
     print(f"edgevlm chat: {opts.bundle}. {HELP}", file=sys.stderr)
+    if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 arrive as surrogates, checked below
+        sys.stdin.reconfigure(errors="surrogateescape")
     while True:
         try:
             line = input("User: ").strip()
         except (EOFError, KeyboardInterrupt):
             print(file=sys.stderr)
             return 0
+        if not is_text(line):
+            print("error: that line is not valid UTF-8 text; type it again", file=sys.stderr)
+            continue
         if not line:
             continue
         if line.startswith("/"):

@@ -44,7 +44,8 @@ class TensorRef:
 
 
 def read_safetensors_header(file: Path) -> dict[str, TensorRef]:
-    """Parse a safetensors header into TensorRefs without reading any tensor data."""
+    """Parse a safetensors header into TensorRefs without reading any tensor data; every entry is checked
+    (dtype, shape, offsets inside the file and matching the shape) so a damaged file is named here."""
     try:
         with open(file, "rb") as f:
             (length,) = struct.unpack("<Q", f.read(8))
@@ -52,22 +53,38 @@ def read_safetensors_header(file: Path) -> dict[str, TensorRef]:
                 raise CheckpointError(f"{file}: header length {length} is not plausible (corrupt file?)")
             header = json.loads(f.read(length))
         size = file.stat().st_size
-    except (struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (struct.error, ValueError, RecursionError) as e:  # JSON and UTF-8 errors are ValueErrors
         raise CheckpointError(f"{file}: not a safetensors file ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{file}: not a safetensors file (its header is not a JSON object)")
     base = 8 + length
-    refs = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = (base + int(x) for x in meta["data_offsets"])
-        if meta["dtype"] not in _DTYPES:
-            raise CheckpointError(
-                f"{file}: tensor '{name}' has dtype {meta['dtype']}; only {', '.join(_DTYPES)} are supported"
-            )
-        if end > size:
-            raise CheckpointError(f"{file}: tensor '{name}' runs past the end of the file (truncated?)")
-        refs[name] = TensorRef(file, meta["dtype"], tuple(int(d) for d in meta["shape"]), start, end)
-    return refs
+    return {name: _tensor_ref(file, name, meta, base, size) for name, meta in header.items() if name != "__metadata__"}
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _tensor_ref(file: Path, name: str, meta: object, base: int, size: int) -> TensorRef:
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{file}: tensor '{name}' {what} (damaged header?)")
+
+    if not isinstance(meta, dict):
+        raise bad("has no entry object")
+    dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
+    if dtype not in _DTYPES:
+        raise CheckpointError(f"{file}: tensor '{name}' has dtype {dtype}; only {', '.join(_DTYPES)} are supported")
+    if not isinstance(shape, list) or not all(_whole(d) for d in shape):
+        raise bad(f"has shape {shape!r}, not a list of sizes")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_whole(x) for x in offsets):
+        raise bad(f"has data_offsets {offsets!r}, not two byte offsets")
+    start, end = base + offsets[0], base + offsets[1]
+    if end > size:
+        raise CheckpointError(f"{file}: tensor '{name}' runs past the end of the file (truncated?)")
+    want = int(np.prod(shape, dtype=np.int64)) * np.dtype(_DTYPES[dtype]).itemsize
+    if end - start != want:
+        raise bad(f"has {end - start} bytes of data, its shape {shape} needs {want}")
+    return TensorRef(file, dtype, tuple(shape), start, end)
 
 
 def _as_float32(raw: np.ndarray, dtype: str) -> np.ndarray:
@@ -92,10 +109,17 @@ class _MappedFiles:
 def _stored_tensors(folder: Path) -> dict[str, TensorRef]:
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        except (ValueError, RecursionError, AttributeError) as e:
+            raise CheckpointError(f"{index}: not a valid index ({e})") from None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise CheckpointError(f"{index}: 'weight_map' must map tensor names to shard file names")
         refs: dict[str, TensorRef] = {}
         for shard in sorted(set(weight_map.values())):
-            if not (folder / shard).exists():
+            if Path(shard).name != shard or shard in ("", ".", ".."):
+                raise CheckpointError(f"{index}: shard name {shard!r} is not a file of the checkpoint folder")
+            if not (folder / shard).is_file():
                 raise CheckpointError(f"{folder}: shard '{shard}' listed in {index.name} is missing")
             refs.update(read_safetensors_header(folder / shard))
         for name, shard in weight_map.items():

@@ -74,14 +74,21 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(kind: type, name: str, minimum: float = 0) -> Callable[[str], object]:
+def _number(kind: type, name: str, low: float | None = None, high: float | None = None, *,
+            above: bool = False) -> Callable[[str], object]:
+    """An argparse type: a finite number of `kind` in [low, high] (or (low, high] with `above`)."""
+
     def parse(text: str) -> object:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {text}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number, got {text}")
+        if low is not None and (value <= low if above else value < low):
+            raise argparse.ArgumentTypeError(f"{name} must be {'>' if above else '>='} {low:g}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{name} must be <= {high:g}, got {text}")
         return value
 
     return parse
@@ -93,14 +100,14 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-i", "--image", type=Path, action="append", default=[], help="image file (repeatable)")
     p.add_argument("-p", "--prompt", help="answer this once and exit (only the answer goes to stdout)")
     p.add_argument("--system", help="system message (default: InternVL's own)")
-    p.add_argument("--max-tokens", type=_positive(int, "--max-tokens", 1), default=512)
-    p.add_argument("--temperature", type=_positive(float, "--temperature"), default=0.0, help="0 is greedy")
-    p.add_argument("--top-p", type=_positive(float, "--top-p"), default=1.0)
-    p.add_argument("--top-k", type=_positive(int, "--top-k"), default=0)
-    p.add_argument("--repetition-penalty", type=_positive(float, "--repetition-penalty"), default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--max-tokens", type=_number(int, "--max-tokens", 1), default=512)
+    p.add_argument("--temperature", type=_number(float, "--temperature", 0, 2), default=0.0, help="0 is greedy")
+    p.add_argument("--top-p", type=_number(float, "--top-p", 0, 1, above=True), default=1.0, help="in (0, 1]")
+    p.add_argument("--top-k", type=_number(int, "--top-k", 0), default=0, help="0: no limit")
+    p.add_argument("--repetition-penalty", type=_number(float, "--repetition-penalty", 0, above=True), default=1.0)
+    p.add_argument("--seed", type=_number(int, "--seed", 0, 2**63 - 1), default=None)
     p.add_argument("--max-tiles", type=int, choices=range(1, 13), metavar="1..12", default=None)
-    p.add_argument("--threads", type=_positive(int, "--threads", 1), default=None)
+    p.add_argument("--threads", type=_number(int, "--threads", 1), default=None)
     p.add_argument("--stats", action="store_true", help="print timings to stderr")
     p.add_argument(
         "--backend",
@@ -112,11 +119,15 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
 
 def _chat(args: argparse.Namespace) -> int:
     from .chat import ChatOptions, run_chat
+    from .prompt import is_text
     from .runtime.sampling import SamplingParams
 
     for image in args.image:
         if not image.is_file():
             raise UserError(f"{image}: no such file")
+    for flag, text in (("-p", args.prompt), ("--system", args.system)):
+        if text is not None and not is_text(text):
+            raise UserError(f"{flag} is not valid UTF-8 text")
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                               repetition_penalty=args.repetition_penalty, seed=args.seed,
                               max_tokens=args.max_tokens)  # fmt: skip
@@ -131,10 +142,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model", type=Path, required=True, help="bundle folder")
     p.add_argument("--image", type=Path, help="image to encode (default: a synthetic one of --tiles tiles)")
     p.add_argument("--tiles", type=int, choices=range(1, 13), metavar="1..12", default=1, help="tiles (default 1)")
-    p.add_argument("--prompt-tokens", type=_positive(int, "--prompt-tokens", 1), default=20, help="question tokens")
-    p.add_argument("--gen-tokens", type=_positive(int, "--gen-tokens", 2), default=64)
-    p.add_argument("--runs", type=_positive(int, "--runs", 1), default=3)
-    p.add_argument("--threads", type=_positive(int, "--threads", 1), default=None)
+    p.add_argument("--prompt-tokens", type=_number(int, "--prompt-tokens", 1), default=20, help="question tokens")
+    p.add_argument("--gen-tokens", type=_number(int, "--gen-tokens", 2), default=64)
+    p.add_argument("--runs", type=_number(int, "--runs", 1), default=3)
+    p.add_argument("--threads", type=_number(int, "--threads", 1), default=None)
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "rk3588"], help="as for chat")
 
@@ -201,10 +212,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage mistakes as one line, like every other user error."""
+    """Usage mistakes as one line, like every other user error, pointing at the usage."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {message} (usage: {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,15 +12,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .atomic import atomic_dir
-from .bundle import Manifest, Part, write_manifest
-from .checkpoint import open_checkpoint
+from .bundle import Manifest, Part, is_bundle, write_manifest
+from .checkpoint import Checkpoint, open_checkpoint
 from .embedding import write_embedding
 from .graphs.decoder import LLM_PRECISIONS, DecoderGraphSpec, build_decoder_graph
 from .graphs.vision import PRECISIONS as VISION_PRECISIONS
 from .graphs.vision import VisionGraphSpec, build_vision_graph
 from .tokenizer import load_tokenizer
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -77,14 +81,26 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions = ConvertO
             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> Manifest:  # fmt: skip
     """Convert a checkpoint into a bundle at `out`; returns the manifest written."""
     out = Path(out)
-    if out.exists() and not options.force:
-        raise ConvertError(f"{out} already exists (use --force to replace it)")
+    check_target(out, Path(src), force=options.force)
     ck = open_checkpoint(resolve_source(src))
+    if out.exists():
+        log(f"replacing the bundle at {out} (kept until the new one is whole)")
     cfg = ck.config
     if options.max_context > cfg.text.max_position_embeddings:
         raise ConvertError(f"--max-context {options.max_context} exceeds the model's "
                            f"{cfg.text.max_position_embeddings} positions")  # fmt: skip
     tokenizer = load_tokenizer(ck.path)
+    try:
+        manifest = _write_bundle(ck, tokenizer, src, out, options, log)
+    except OSError as e:  # a full disk, a read-only folder: the partial bundle is already removed
+        raise ConvertError(f"cannot write {out}: {e.strerror or e}") from None
+    log(f"wrote {out} ({sum(f['size'] for f in manifest.files.values()) / 2**20:.0f} MB)")
+    return manifest
+
+
+def _write_bundle(ck: Checkpoint, tokenizer: Tokenizer, src: str | Path, out: Path, options: ConvertOptions,
+                  log: Callable[[str], None]) -> Manifest:  # fmt: skip
+    cfg = ck.config
     with atomic_dir(out, replace=options.force) as tmp:
         done = _step(log, 1, 4, f"vision encoder ({options.vision})")
         build_vision_graph(ck.get, cfg, tmp / "vision.onnx", VisionGraphSpec(options.vision))
@@ -115,5 +131,20 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions = ConvertO
         )
         manifest = write_manifest(tmp, manifest)
         done()
-    log(f"wrote {out} ({sum(f['size'] for f in manifest.files.values()) / 2**20:.0f} MB)")
     return manifest
+
+
+def check_target(out: Path, source: Path, *, force: bool) -> None:
+    """Refuse an OUT that would destroy anything but an edgevlm bundle (checked before any work)."""
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not force:
+        raise ConvertError(f"{out} already exists (use --force to replace the bundle there)")
+    here, where = Path.cwd().resolve(), out.resolve()
+    if out.is_symlink() or not out.is_dir():
+        raise ConvertError(f"{out} is not a bundle folder; --force replaces only an edgevlm bundle")
+    if source.resolve().is_relative_to(where) or here.is_relative_to(where):
+        raise ConvertError(f"{out} holds the source checkpoint or the current folder; refusing to replace it")
+    if not is_bundle(out):
+        raise ConvertError(f"{out} is not an edgevlm bundle (no edgevlm manifest.json); --force replaces only "
+                           "a bundle, so move or delete it yourself")  # fmt: skip

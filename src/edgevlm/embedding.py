@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -19,25 +20,32 @@ FP32_FILE = "embed_tokens.fp32.npy"
 _ROWS_PER_CHUNK = 8192  # bounds conversion memory to a slice of the table at a time
 
 
+def _npy_writer(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> BinaryIO:
+    """An open .npy file with its header written; rows follow with plain writes. (Not a memory map: on
+    a full disk a write raises ENOSPC, where a store into a mapped page kills the process with SIGBUS.)"""
+    f = open(path, "wb")  # noqa: SIM115 - closed by the caller's with
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    np.lib.format.write_array_header_1_0(f, header)
+    return f
+
+
 def write_embedding(get_rows: np.ndarray, folder: str | Path, *, quantize: bool = True) -> list[str]:
     """Write the table [V,H] into `folder`; returns the file names written."""
     folder = Path(folder)
     rows, hidden = get_rows.shape
     if not quantize:
-        out = np.lib.format.open_memmap(folder / FP32_FILE, mode="w+", dtype=np.float32, shape=(rows, hidden))
-        for start in range(0, rows, _ROWS_PER_CHUNK):
-            out[start : start + _ROWS_PER_CHUNK] = get_rows[start : start + _ROWS_PER_CHUNK]
-        out.flush()
+        with _npy_writer(folder / FP32_FILE, np.float32, (rows, hidden)) as f:
+            for start in range(0, rows, _ROWS_PER_CHUNK):
+                f.write(np.ascontiguousarray(get_rows[start : start + _ROWS_PER_CHUNK], dtype=np.float32).tobytes())
         return [FP32_FILE]
-    q = np.lib.format.open_memmap(folder / INT8_FILES[0], mode="w+", dtype=np.int8, shape=(rows, hidden))
     scale = np.empty(rows, dtype=np.float32)
-    for start in range(0, rows, _ROWS_PER_CHUNK):
-        block = np.asarray(get_rows[start : start + _ROWS_PER_CHUNK], dtype=np.float32)
-        absmax = np.abs(block).max(axis=1)
-        s = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
-        q[start : start + len(block)] = np.clip(np.rint(block / s[:, None]), -127, 127)
-        scale[start : start + len(block)] = s
-    q.flush()
+    with _npy_writer(folder / INT8_FILES[0], np.int8, (rows, hidden)) as f:
+        for start in range(0, rows, _ROWS_PER_CHUNK):
+            block = np.asarray(get_rows[start : start + _ROWS_PER_CHUNK], dtype=np.float32)
+            absmax = np.abs(block).max(axis=1)
+            s = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
+            f.write(np.clip(np.rint(block / s[:, None]), -127, 127).astype(np.int8).tobytes())
+            scale[start : start + len(block)] = s
     np.save(folder / INT8_FILES[1], scale)
     return list(INT8_FILES)
 

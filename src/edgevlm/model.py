@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from .bundle import Manifest, open_bundle
+from .bundle import BundleError, Manifest, open_bundle
 from .embedding import EmbeddingTable
 from .image import DEFAULT_MAX_PIXELS, ImageSource, Tiles, Tiling
 from .prompt import PromptEncoder, Turn
@@ -27,6 +28,8 @@ from .runtime.sampling import SamplingParams
 from .runtime.vision import OrtVisionEncoder
 from .session import ChatSession
 
+T = TypeVar("T")
+
 
 @dataclass
 class EncodedImage:
@@ -35,6 +38,19 @@ class EncodedImage:
     tiles: Tiles
     digest: str
     features: np.ndarray | None = field(default=None, repr=False)
+
+
+def load_part(name: str, loader: Callable[[], T]) -> T:
+    """Load one part of a bundle; a part that its library cannot read is a BundleError naming it.
+    (ONNX Runtime and tokenizers raise their own, untyped exceptions for a damaged file.)"""
+    try:
+        return loader()
+    except BundleError:
+        raise
+    except Exception as e:
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise BundleError(f"the bundle's {name} cannot be loaded ({detail}); is it damaged? "
+                          "`edgevlm verify` checks every file") from None  # fmt: skip
 
 
 def tiling_of(manifest: Manifest) -> Tiling:
@@ -97,17 +113,22 @@ class VLM:
         self.manifest: Manifest = open_bundle(self.folder, hashes=verify)
         m = self.manifest
         self.config = m.model
-        self.tokenizer = Tokenizer.from_file(str(self.folder / m.parts["tokenizer"].file))
-        self.prompt = PromptEncoder(self.tokenizer, m.model.template, m.model.tokens_per_tile)
+        part = self.folder.joinpath
+        self.tokenizer = load_part("tokenizer", lambda: Tokenizer.from_file(str(part(m.parts["tokenizer"].file))))
+        self.prompt = load_part("template", lambda: PromptEncoder(self.tokenizer, m.model.template,
+                                                                  m.model.tokens_per_tile))  # fmt: skip
         # The LLM first: its load peak (packed and unpacked weights at once) then comes before the vision
         # weights are resident, which measured 130 MB lower than the other order.
         start = time.perf_counter()
-        self.lm = OrtLanguageModel(self.folder / m.parts["llm"].file, EmbeddingTable(self.folder), m.model.text,
-                                   max_context=m.context_length, threads=threads)  # fmt: skip
+        self.lm = load_part("llm", lambda: OrtLanguageModel(part(m.parts["llm"].file), EmbeddingTable(self.folder),
+                                                            m.model.text, max_context=m.context_length,
+                                                            threads=threads))  # fmt: skip
         middle = time.perf_counter()
-        self.vision = OrtVisionEncoder(self.folder / m.parts["vision"].file, threads=threads)
+        self.vision = load_part("vision", lambda: OrtVisionEncoder(part(m.parts["vision"].file), threads=threads))
         self.load_times = {"llm": middle - start, "vision": time.perf_counter() - middle}
         self._cached: list[object] = []  # one key per KV row: a token id, or (image digest, row) for image rows
+        self._ends: set[int] = set()  # lengths of _cached where the last request's prompt and answer end
+        self._public = self.prompt.encode([], None)  # the template's opening, with the default system message
 
     @property
     def context_length(self) -> int:
@@ -118,8 +139,9 @@ class VLM:
         return encode_image(self.manifest, source, max_tiles=max_tiles, max_pixels=max_pixels)
 
     def answer(self, request: Prepared, params: SamplingParams, stats: TurnStats) -> Iterator[StreamChunk]:
-        """Stream the answer to a prepared request (the server's entry point)."""
-        return self.generate(request.ids, request.images, params, stats)
+        """Stream the answer to a prepared request (the server's entry point: requests of several clients
+        share the cache, so re-use never reveals how much of another client's prompt a request matched)."""
+        return self.generate(request.ids, request.images, params, stats, shared=True)
 
     def _features(self, image: EncodedImage, stats: TurnStats) -> np.ndarray:
         if image.features is None:
@@ -149,12 +171,12 @@ class VLM:
         return embeds
 
     def generate(self, ids: list[int], images: Sequence[EncodedImage], params: SamplingParams,
-                 stats: TurnStats | None = None) -> Iterator[StreamChunk]:  # fmt: skip
-        """Stream the answer to a fully rendered prompt, re-using the cached prefix."""
+                 stats: TurnStats | None = None, *, shared: bool = False) -> Iterator[StreamChunk]:  # fmt: skip
+        """Stream the answer to a fully rendered prompt, re-using the cached prefix (see `_reuse`)."""
         stats = stats if stats is not None else TurnStats()
         begin = time.perf_counter()
         keys = self._keys(ids, images)
-        reuse = min(_common_prefix(self._cached, keys), len(keys) - 1)  # the last token yields the logits
+        reuse = self._reuse(keys, shared)
         stats.images = len(images)
         stats.tiles = sum(img.tiles.count for img in images)
         stats.prompt_tokens, stats.cached_tokens = len(ids), reuse
@@ -172,6 +194,17 @@ class VLM:
         finally:
             fed = keys + generated[:-1]  # the last token was sampled but never fed back
             self._cached = fed if self.lm.position == len(fed) else fed[: min(len(fed), self.lm.position)]
+            self._ends = {n for n in (len(keys), len(self._cached)) if n <= len(self._cached)}
+
+    def _reuse(self, keys: list[object], shared: bool) -> int:
+        """How many cached rows the prompt `keys` re-uses. The last prompt token is always fed: it gives the
+        logits. With `shared`, only whole earlier requests (prompt, or prompt and answer) or the public
+        opening of the template count, so the figure says nothing about a partial match."""
+        common = min(_common_prefix(self._cached, keys), len(keys) - 1)
+        if not shared:
+            return common
+        public = len(self._public) if keys[: len(self._public)] == self._public else 0
+        return max((n for n in (*self._ends, public) if n <= common), default=0)
 
     def session(self, system: str | None = None, *, max_tiles: int | None = None) -> ChatSession:
         return ChatSession(self, system=system, max_tiles=max_tiles)

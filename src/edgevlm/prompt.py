@@ -24,6 +24,16 @@ DEFAULT_SYSTEM_INTERNVL = (
 IMG_CONTEXT, IMG_START, IMG_END = "<IMG_CONTEXT>", "<img>", "</img>"
 
 
+def is_text(s: str) -> bool:
+    """Whether `s` is valid Unicode text: bytes that were not UTF-8 arrive as lone surrogates (from a
+    command line, a terminal or JSON escapes), and no tokenizer can encode those."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class Template:
     """A chat template as data; `{k}` in `multi_image` is the 1-based image number."""

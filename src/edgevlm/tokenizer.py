@@ -73,8 +73,13 @@ def load_tokenizer(folder: str | Path) -> Tokenizer:
         add_internvl_tokens(tok)
         return tok
     if (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
-        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-        lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
-        merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
-        return build_qwen2_tokenizer(vocab, merges)
+        try:
+            vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+            lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+            merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+            return build_qwen2_tokenizer(vocab, merges)
+        except TokenizerError:
+            raise
+        except Exception as e:  # tokenizers raises bare Exceptions for a bad vocabulary
+            raise TokenizerError(f"{folder}: vocab.json/merges.txt cannot be read ({e})") from None
     raise TokenizerError(f"{folder}: no tokenizer.json, nor vocab.json with merges.txt")

@@ -1,9 +1,12 @@
 """The ASGI app: `create_app(settings)` serves one model, one generation at a time.
 
-Requests are validated and their images decoded before they queue; at most `max_queue` wait for
-the model (more get 429). A generation runs in a worker thread and streams through an asyncio
-queue; when the client goes away, the worker stops after the current token and the slot is freed.
-Multi-turn requests whose history is a prefix of what the model has cached re-use its KV cache.
+A request is checked in this order, each step cheap before the next costly one: key and origin,
+body size, JSON and schema (numbers in bounds, text within its character limits), then a place in the
+queue (`max_queue` waiting besides the one generating; more get 429). Only with a place are its images
+fetched and decoded and its prompt tokenised, in a worker thread. It then waits for the model; a client
+that goes away while waiting gives its place back at once. A generation runs in a worker thread and
+streams through an asyncio queue; when the client goes away, the worker stops after the current token.
+Every error is OpenAI's JSON (`error.message/type/param/code`), in a stream too.
 """
 
 from __future__ import annotations
@@ -13,30 +16,58 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from ..image import ImageError
 from ..model import VLM, Prepared, TurnStats
+from ..runtime.decoder import ContextOverflow
 from ..runtime.generate import StreamChunk
 from ..runtime.memory import pin_mmap_threshold
+from ..runtime.sampling import SamplingParams
+from .gate import check_browser_origin
 from .images import RequestError, fetch_image
-from .schema import ChatRequest, parse_chat_request
+from .schema import DEFAULT_MAX_TOKENS, ChatRequest, Limits, parse_chat_request
 from .settings import ServerSettings
 
 _DONE = object()
+_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
 
 
-def error(status: int, message: str, param: str | None = None) -> JSONResponse:
-    kind = {401: "authentication_error", 413: "invalid_request_error", 429: "rate_limit_error"}.get(
-        status, "invalid_request_error" if status < 500 else "server_error"
-    )
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status)
+def error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    kind = _TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
+
+
+def error(status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, param), status, headers=headers)
+
+
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON: no NaN or Infinity (not JSON, and not numbers any field can take)."""
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"{token} is not a JSON number")
+
+    def number(text: str) -> float:
+        value = float(text)
+        if value in (float("inf"), float("-inf")):
+            raise ValueError(f"{text[:24]} is out of range")
+        return value
+
+    try:
+        return json.loads(raw, parse_constant=refuse, parse_float=number)
+    except RecursionError:
+        raise RequestError("the request body is nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise RequestError(f"the request body is not valid JSON ({str(e)[:200]})") from None
 
 
 class StopMatcher:
@@ -63,35 +94,110 @@ class StopMatcher:
         return out
 
 
+class Run:
+    """One generation in a worker thread, its chunks handed to the event loop through a queue.
+    `stop()` asks the worker to end after its current token; the worker then frees the model."""
+
+    def __init__(self, produce: Callable[[Run], None]) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
+        self.cancel = threading.Event()
+        self.loop.run_in_executor(None, produce, self)
+
+    def put(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    def stop(self) -> None:
+        self.cancel.set()
+
+    async def chunks(self) -> AsyncIterator[StreamChunk]:
+        try:
+            while (item := await self.queue.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.stop()
+
+
+class _Stream(StreamingResponse):
+    """A streaming response that stops its run however it ends, even before its body is first read."""
+
+    def __init__(self, body: AsyncIterator[str], run: Run) -> None:
+        super().__init__(body, media_type="text/event-stream")
+        self.run = run
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.run.stop()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone away (the body is already read, so nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 class Server:
     def __init__(self, model: VLM, settings: ServerSettings) -> None:
         self.model, self.settings = model, settings
         self.name = settings.model_name or settings.model.name
-        self.lock = asyncio.Lock()
-        self.waiting = 0
+        self.lock = asyncio.Lock()  # the model: one generation at a time
+        self.places = 0  # requests admitted: generating, waiting for the model, or being prepared
+        self.limits = Limits(model.context_length, settings.max_images, settings.max_message_chars,
+                             settings.max_request_chars)  # fmt: skip
 
-    # -- request handling --------------------------------------------------------------------
+    # -- admission ---------------------------------------------------------------------------
 
-    def _authorized(self, request: Request) -> bool:
+    def _refusal(self, request: Request) -> JSONResponse | None:
         key = self.settings.api_key
-        return key is None or request.headers.get("authorization", "") == f"Bearer {key}"
+        if key is not None and request.headers.get("authorization", "") != f"Bearer {key}":
+            return error(401, "missing or wrong API key (Authorization: Bearer ...)")
+        problem = check_browser_origin(request, self.settings)
+        return error(problem[0], problem[1]) if problem else None
 
     async def _body(self, request: Request) -> Any:
         limit = int(self.settings.max_body_mb * 2**20)
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
             raise RequestError(f"request body larger than {self.settings.max_body_mb:g} MB", status=413)
         raw = bytearray()
         async for piece in request.stream():
             raw += piece
             if len(raw) > limit:
                 raise RequestError(f"request body larger than {self.settings.max_body_mb:g} MB", status=413)
-        try:
-            return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RequestError(f"the request body is not valid JSON ({e})") from None
+        return await asyncio.to_thread(parse_json, bytes(raw))
 
-    def _prepare(self, req: ChatRequest) -> Prepared:
+    def _admit(self) -> bool:
+        if self.places > self.settings.max_queue:  # one generating plus max_queue waiting
+            return False
+        self.places += 1
+        return True
+
+    def _leave(self) -> None:
+        self.places -= 1
+
+    async def _wait_for_model(self, request: Request) -> bool:
+        """Take the model's lock; False (lock not taken) if the client leaves first."""
+        acquire = asyncio.ensure_future(self.lock.acquire())
+        gone = asyncio.ensure_future(_disconnected(request))
+        await asyncio.wait({acquire, gone}, return_when=asyncio.FIRST_COMPLETED)
+        gone.cancel()
+        if acquire.done() and not acquire.cancelled():
+            return True
+        acquire.cancel()
+        try:
+            await acquire
+        except asyncio.CancelledError:
+            return False
+        self.lock.release()  # it was granted as the client left
+        return False
+
+    # -- the request -------------------------------------------------------------------------
+
+    def _prepare(self, req: ChatRequest) -> tuple[Prepared, SamplingParams]:
         """Fetch and tile the images and render the prompt (worker thread: CPU and I/O)."""
         images = []
         for url in req.image_urls():
@@ -104,71 +210,70 @@ class Server:
         turns = req.as_turns([img.tiles.count for img in images])
         ids = self.model.prompt.encode(turns, req.system)
         room = self.model.context_length - len(ids)
-        if req.params.max_tokens > room:
-            raise RequestError(f"the prompt has {len(ids)} tokens, so max_tokens {req.params.max_tokens} is beyond "
+        if room < 1:
+            raise RequestError(f"the prompt has {len(ids)} tokens, more than the context of "
+                               f"{self.model.context_length} holds", param="messages")  # fmt: skip
+        params = req.params
+        if not req.max_tokens_given:  # the default answer length, capped to the room left
+            params = SamplingParams(**{**vars(params), "max_tokens": min(DEFAULT_MAX_TOKENS, room)})
+        elif params.max_tokens > room:
+            raise RequestError(f"the prompt has {len(ids)} tokens, so max_tokens {params.max_tokens} is beyond "
                                f"the context of {self.model.context_length}", param="max_tokens")  # fmt: skip
-        return Prepared(turns, req.system, ids, images)
+        return Prepared(turns, req.system, ids, images), params
 
     async def chat(self, request: Request) -> Response:
-        if not self._authorized(request):
-            return error(401, "missing or wrong API key (Authorization: Bearer ...)")
+        refusal = self._refusal(request)
+        if refusal:
+            return refusal
         try:
-            body = await self._body(request)
-            req = parse_chat_request(body, context_length=self.model.context_length,
-                                     max_images=self.settings.max_images)  # fmt: skip
-            prepared = await asyncio.to_thread(self._prepare, req)
+            req = parse_chat_request(await self._body(request), self.limits)
         except RequestError as e:
             return error(e.status, str(e), e.param)
-        if self.waiting >= self.settings.max_queue and self.lock.locked():
-            return error(429, f"the server is busy ({self.waiting} requests waiting); try again shortly")
+        if not self._admit():
+            return error(429, f"the server is busy ({self.places - 1} requests waiting); try again shortly")
+        try:
+            prepared, params = await asyncio.to_thread(self._prepare, req)
+            if not await self._wait_for_model(request):
+                self._leave()
+                return Response(status_code=499)  # nobody is listening any more
+        except RequestError as e:
+            self._leave()
+            return error(e.status, str(e), e.param)
+        except BaseException:
+            self._leave()
+            raise
         stats = TurnStats()
-        chunks = self._generate(req, prepared, stats)
+        run = Run(lambda r: self._produce(r, prepared, params, stats))
         if req.stream:
-            return StreamingResponse(self._sse(req, chunks, stats), media_type="text/event-stream")
-        return await self._complete(req, chunks, stats, request)
+            return _Stream(self._sse(req, run, stats), run)
+        try:
+            return await self._complete(req, run, stats, request)
+        finally:
+            run.stop()
 
     # -- generation --------------------------------------------------------------------------
 
-    async def _generate(self, req: ChatRequest, prepared: Prepared, stats: TurnStats
-                        ) -> AsyncIterator[StreamChunk]:  # fmt: skip
-        """Wait for the model, then stream its chunks from a worker thread; stop on disconnect."""
-        self.waiting += 1
+    def _produce(self, run: Run, prepared: Prepared, params: SamplingParams, stats: TurnStats) -> None:
+        """The worker: stream the model's chunks into the run's queue; free the model and the place."""
+        gen: Iterator[StreamChunk] | None = None
         try:
-            await self.lock.acquire()
-        finally:
-            self.waiting -= 1
-        queue: asyncio.Queue[Any] = asyncio.Queue()
-        cancel = threading.Event()
-        loop = asyncio.get_running_loop()
-        loop.run_in_executor(None, self._produce, req, prepared, stats, queue, loop, cancel)
-        try:
-            while True:
-                item = await queue.get()
-                if item is _DONE:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            # No await here: after a disconnect the task's cancel scope would cancel it at once. The
-            # worker stops at its next token and releases the lock itself.
-            cancel.set()
-
-    def _produce(self, req: ChatRequest, prepared: Prepared, stats: TurnStats, queue: asyncio.Queue[Any],
-                 loop: asyncio.AbstractEventLoop, cancel: threading.Event) -> None:  # fmt: skip
-        gen: Iterator[StreamChunk] = self.model.answer(prepared, req.params, stats)
-        try:
+            gen = self.model.answer(prepared, params, stats)
             for chunk in gen:
-                loop.call_soon_threadsafe(queue.put_nowait, chunk)
-                if cancel.is_set():
+                run.put(chunk)
+                if run.cancel.is_set():
                     break
         except Exception as e:  # reported to the request, not the server log alone
-            loop.call_soon_threadsafe(queue.put_nowait, e)
+            run.put(e)
         finally:
-            gen.close()  # records what the cache holds
+            if gen is not None:
+                gen.close()  # records what the cache holds
             prepared.images.clear()  # an abandoned stream may keep this frame alive until the GC runs
-            loop.call_soon_threadsafe(queue.put_nowait, _DONE)
-            loop.call_soon_threadsafe(self.lock.release)
+            run.put(_DONE)
+            run.loop.call_soon_threadsafe(self._release)
+
+    def _release(self) -> None:
+        self.lock.release()
+        self._leave()
 
     @staticmethod
     def _finish(chunk: StreamChunk | None, stopped: bool) -> str:
@@ -182,15 +287,23 @@ class Server:
                 "total_tokens": stats.prompt_tokens + completion,
                 "prompt_tokens_details": {"cached_tokens": stats.cached_tokens}}  # fmt: skip
 
-    async def _complete(self, req: ChatRequest, chunks: AsyncIterator[StreamChunk], stats: TurnStats,
-                        request: Request) -> Response:  # fmt: skip
+    @staticmethod
+    def _failure(e: BaseException) -> tuple[int, str]:
+        if isinstance(e, (ContextOverflow, ValueError)):
+            return 400, str(e)
+        return 500, f"the model failed: {type(e).__name__}: {e}"
+
+    async def _complete(self, req: ChatRequest, run: Run, stats: TurnStats, request: Request) -> Response:
         matcher, text, last = StopMatcher(req.stop), "", None
+        chunks = run.chunks()
         try:
             async for chunk in chunks:
                 last = chunk
                 text += matcher.feed(chunk.text)
                 if matcher.stopped or await request.is_disconnected():
                     break
+        except Exception as e:
+            return error(*self._failure(e))
         finally:
             await chunks.aclose()
         text += matcher.flush()
@@ -202,8 +315,7 @@ class Server:
             "usage": self._usage(stats),
         })  # fmt: skip
 
-    async def _sse(self, req: ChatRequest, chunks: AsyncIterator[StreamChunk], stats: TurnStats
-                   ) -> AsyncIterator[str]:  # fmt: skip
+    async def _sse(self, req: ChatRequest, run: Run, stats: TurnStats) -> AsyncIterator[str]:
         ident, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
         def event(delta: dict[str, Any], finish: str | None = None, usage: dict[str, Any] | None = None) -> str:
@@ -216,6 +328,7 @@ class Server:
             return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
         matcher, last = StopMatcher(req.stop), None
+        chunks = run.chunks()
         yield event({"role": "assistant", "content": ""})
         try:
             async for chunk in chunks:
@@ -225,8 +338,8 @@ class Server:
                     yield event({"content": piece})
                 if matcher.stopped:
                     break
-        except Exception as e:  # mid-stream: the status line is sent, so report in the stream
-            yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'server_error'}})}\n\n"
+        except Exception as e:  # mid-stream: the status line is sent, so the error goes in the stream
+            yield f"data: {json.dumps(error_body(*self._failure(e)), ensure_ascii=False)}\n\ndata: [DONE]\n\n"
             return
         finally:
             await chunks.aclose()
@@ -241,14 +354,27 @@ class Server:
     # -- other endpoints ---------------------------------------------------------------------
 
     async def models(self, request: Request) -> Response:
-        if not self._authorized(request):
-            return error(401, "missing or wrong API key (Authorization: Bearer ...)")
+        refusal = self._refusal(request)
+        if refusal:
+            return refusal
         entry = {"id": self.name, "object": "model", "created": int(self.settings.model.stat().st_mtime),
                  "owned_by": "edgevlm"}  # fmt: skip
         return JSONResponse({"object": "list", "data": [entry]})
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": self.name, "busy": self.lock.locked(), "waiting": self.waiting})
+        busy = self.lock.locked()
+        return JSONResponse({"status": "ok", "model": self.name, "busy": busy, "waiting": self.places - busy})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: f"no route {request.url.path[:200]}", 405: f"{request.method} is not allowed on "
+               f"{request.url.path[:200]}"}.get(exc.status_code, str(exc.detail))  # fmt: skip
+    return error(exc.status_code, message, headers=exc.headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    return error(500, f"internal error ({type(exc).__name__}); the server log has the details")
 
 
 def create_app(settings: ServerSettings, model: VLM | None = None) -> Starlette:
@@ -264,7 +390,8 @@ def create_app(settings: ServerSettings, model: VLM | None = None) -> Starlette:
         Route("/v1/models", server.models, methods=["GET"]),
         Route("/v1/chat/completions", server.chat, methods=["POST"]),
     ]
-    app = Starlette(routes=routes)
+    handlers = {HTTPException: _http_error, Exception: _server_error}
+    app = Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
     app.state.server = server
     return app
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import binascii
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
+from .fetch import FetchError, FetchPolicy, fetch
 from .settings import ServerSettings
 
 
@@ -21,15 +21,9 @@ class RequestError(ValueError):
 
 def fetch_image(url: str, s: ServerSettings) -> bytes:
     """The bytes an image_url names, within the server's limits."""
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    scheme = url.partition(":")[0].lower() if ":" in url else ""
     if scheme == "data":
-        header, sep, payload = url.partition(",")
-        if not sep or ";base64" not in header:
-            raise RequestError("image data: URLs must be base64 (data:image/...;base64,...)", param="image_url")
-        try:
-            return base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            raise RequestError("image data: URL is not valid base64", param="image_url") from None
+        return _data_url(url)
     if scheme in ("http", "https"):
         if not s.allow_remote_images:
             raise RequestError("remote image URLs are disabled on this server (send a data: URL, or start it "
@@ -39,21 +33,49 @@ def fetch_image(url: str, s: ServerSettings) -> bytes:
         if s.allow_local_images is None:
             raise RequestError("file:// image URLs are disabled on this server (--allow-local-images DIR)",
                                param="image_url")  # fmt: skip
-        root = s.allow_local_images.resolve()
-        path = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).resolve()
+        return _local_file(url, s.allow_local_images)
+    raise RequestError(f"unsupported image URL scheme {scheme[:20]!r} (use data:, or http(s): or file: where the "
+                       "server allows them)", param="image_url")  # fmt: skip
+
+
+def _data_url(url: str) -> bytes:
+    header, sep, payload = url.partition(",")
+    if not sep or ";base64" not in header:
+        raise RequestError("image data: URLs must be base64 (data:image/...;base64,...)", param="image_url")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError("image data: URL is not valid base64", param="image_url") from None
+
+
+def _local_file(url: str, folder: Path) -> bytes:
+    root = folder.resolve()
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError("a file:// URL with a host")
+        path = Path(urllib.parse.unquote(parts.path, errors="strict")).resolve()
         if not path.is_relative_to(root) or not path.is_file():
-            raise RequestError(f"file:// images must be files inside {root}", param="image_url")
+            raise ValueError("outside the folder")
         return path.read_bytes()
-    raise RequestError(f"unsupported image URL scheme '{scheme}'", param="image_url")
+    except (ValueError, OSError):  # malformed, NUL bytes, bad escapes, unreadable: all the same answer
+        raise RequestError(f"file:// images must be readable files inside {root}", param="image_url") from None
 
 
 def _download(url: str, s: ServerSettings) -> bytes:
-    limit = int(s.remote_image_max_mb * 2**20)
+    policy = FetchPolicy(int(s.remote_image_max_mb * 2**20), s.remote_image_timeout, s.allow_private_image_hosts)
     try:
-        with urllib.request.urlopen(url, timeout=s.remote_image_timeout) as r:
-            data = r.read(limit + 1)
-    except OSError as e:
-        raise RequestError(f"cannot fetch image {url}: {e}", param="image_url") from None
-    if len(data) > limit:
-        raise RequestError(f"image at {url} is larger than {s.remote_image_max_mb:g} MB", param="image_url")
-    return data
+        return fetch(url, policy)
+    except FetchError as e:
+        raise RequestError(f"cannot fetch image {_shown(url)}: {e}", param="image_url") from None
+
+
+def _shown(url: str) -> str:
+    """The URL as quoted back in an error: bounded, and without credentials."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password or parts.username:
+            url = url.replace(parts.netloc, parts.netloc.rpartition("@")[2])
+    except ValueError:
+        pass
+    return url if len(url) <= 200 else url[:200] + "..."

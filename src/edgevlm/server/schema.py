@@ -1,15 +1,32 @@
-"""OpenAI chat-completions requests: validated into turns, images and sampling, or a RequestError."""
+"""OpenAI chat-completions requests: validated into turns, images and sampling, or a RequestError.
+
+Everything here is cheap (no tokenising, no image decoding), so a request is judged before it takes a
+place in the queue: text is limited in characters per message and per request, and every number is
+checked against its bounds.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..prompt import Turn
+from ..prompt import Turn, is_text
 from ..runtime.sampling import SamplingParams
 from .images import RequestError
 
-DEFAULT_MAX_TOKENS = 512
+DEFAULT_MAX_TOKENS = 512  # when a request names none (capped to the room left in the context)
+MAX_STOPS, MAX_STOP_CHARS = 4, 256
+SEED_RANGE = (0, 2**63 - 1)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for (from the server's settings and the model)."""
+
+    context_length: int
+    max_images: int
+    max_message_chars: int
+    max_request_chars: int
 
 
 @dataclass
@@ -23,10 +40,11 @@ class UserTurn:
 class ChatRequest:
     turns: list[UserTurn]
     system: str | None
-    params: SamplingParams
+    params: SamplingParams  # max_tokens is DEFAULT_MAX_TOKENS when `max_tokens_given` is False
     stop: list[str]
     stream: bool
     include_usage: bool
+    max_tokens_given: bool = True
 
     def image_urls(self) -> list[str]:
         return [url for t in self.turns for url in t.image_urls]
@@ -37,13 +55,22 @@ class ChatRequest:
         return [Turn(t.text, tuple(next(it) for _ in t.image_urls), t.answer) for t in self.turns]
 
 
-def _text_and_images(content: Any, role: str) -> tuple[str, list[str]]:
+def _checked_text(text: str, where: str, limits: Limits) -> str:
+    if len(text) > limits.max_message_chars:
+        raise RequestError(f"{where} has {len(text)} characters; this server takes at most "
+                           f"{limits.max_message_chars} per message", param="messages")  # fmt: skip
+    if not is_text(text):
+        raise RequestError(f"{where} contains an unpaired surrogate (not valid Unicode text)", param="messages")
+    return text
+
+
+def _text_and_images(content: Any, role: str, where: str, limits: Limits) -> tuple[str, list[str]]:
     if isinstance(content, str):
-        return content, []
+        return _checked_text(content, where, limits), []
     if content is None and role == "assistant":
         return "", []
     if not isinstance(content, list):
-        raise RequestError(f"{role} message content must be a string or a list of parts", param="messages")
+        raise RequestError(f"{where}: content must be a string or a list of parts", param="messages")
     texts, urls = [], []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
@@ -52,24 +79,35 @@ def _text_and_images(content: Any, role: str) -> tuple[str, list[str]]:
         elif kind == "image_url" and role == "user":
             ref = part.get("image_url")
             url = ref.get("url") if isinstance(ref, dict) else ref
-            if not isinstance(url, str):
-                raise RequestError("image_url parts need an image_url.url string", param="messages")
+            if not isinstance(url, str) or not url:
+                raise RequestError(f"{where}: image_url parts need an image_url.url string", param="messages")
             urls.append(url)
         else:
-            raise RequestError(f"unsupported content part {kind!r} in a {role} message", param="messages")
-    return "\n".join(texts), urls
+            shown = kind if isinstance(kind, str) and len(kind) <= 40 else type(part).__name__
+            raise RequestError(f"{where}: unsupported content part {shown!r} in a {role} message", param="messages")
+    return _checked_text("\n".join(texts), where, limits), urls
 
 
-def _turns(messages: Any) -> tuple[list[UserTurn], str | None]:
+def _turns(messages: Any, limits: Limits) -> tuple[list[UserTurn], str | None]:
     if not isinstance(messages, list) or not messages:
         raise RequestError("messages must be a non-empty list", param="messages")
+    if len(messages) > limits.context_length:
+        raise RequestError(f"{len(messages)} messages cannot fit a context of {limits.context_length} tokens",
+                           param="messages")  # fmt: skip
     turns: list[UserTurn] = []
     system: list[str] = []
-    for m in messages:
+    total = 0
+    for i, m in enumerate(messages):
         role = m.get("role") if isinstance(m, dict) else None
         if role not in ("system", "developer", "user", "assistant"):
-            raise RequestError(f"message role must be system, user or assistant, got {role!r}", param="messages")
-        text, urls = _text_and_images(m.get("content"), role)
+            shown = role if isinstance(role, str) and len(role) <= 40 else type(role).__name__
+            raise RequestError(f"message role must be system, user or assistant, got {shown!r}", param="messages")
+        text, urls = _text_and_images(m.get("content"), role, f"message {i + 1}", limits)
+        total += len(text)
+        if total > limits.max_request_chars:
+            limit = limits.max_request_chars
+            raise RequestError(f"the messages have more than {limit} characters of text; this server takes at most "
+                               f"{limit} per request", param="messages")  # fmt: skip
         if role in ("system", "developer"):
             system.append(text)
         elif role == "user":
@@ -82,53 +120,79 @@ def _turns(messages: Any) -> tuple[list[UserTurn], str | None]:
             if not turns or turns[-1].answer is not None:
                 raise RequestError("an assistant message must follow a user message", param="messages")
             turns[-1].answer = text
+    if not turns:
+        raise RequestError("the messages have no user message", param="messages")
     if turns[-1].answer is not None:
         raise RequestError("the last message must be from the user", param="messages")
     return turns, ("\n".join(system) if system else None)
 
 
 def _number(body: dict[str, Any], name: str, kind: type, low: float, high: float, default: Any) -> Any:
-    value = body.get(name, default)
+    value = body.get(name)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
         raise RequestError(f"{name} must be a {'whole ' if kind is int else ''}number", param=name)
     if not low <= value <= high:
-        raise RequestError(f"{name} must be between {low:g} and {high:g}, got {value}", param=name)
+        raise RequestError(f"{name} must be between {low:g} and {high:g}, got {str(value)[:24]}", param=name)
     return kind(value)
 
 
-def parse_chat_request(body: Any, *, context_length: int, max_images: int) -> ChatRequest:
-    if not isinstance(body, dict):
-        raise RequestError("the request body must be a JSON object")
-    turns, system = _turns(body.get("messages"))
-    urls = [u for t in turns for u in t.image_urls]
-    if len(urls) > max_images:
-        raise RequestError(f"{len(urls)} images in one request; this server takes at most {max_images}",
-                           param="messages")  # fmt: skip
-    if body.get("n", 1) != 1:
-        raise RequestError("only n=1 is supported", param="n")
-    tokens_key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _number(body, tokens_key, int, 1, float("inf"), DEFAULT_MAX_TOKENS)
-    if max_tokens > context_length:
-        raise RequestError(f"{tokens_key} {max_tokens} is beyond the model's context of {context_length} tokens",
-                           param=tokens_key)  # fmt: skip
+def _stop(body: dict[str, Any]) -> list[str]:
     stop = body.get("stop") or []
     stop = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
-        raise RequestError("stop must be a string or a list of up to 4 non-empty strings", param="stop")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise RequestError("seed must be an integer", param="seed")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise RequestError("stream must be true or false", param="stream")
+    if (not isinstance(stop, list) or len(stop) > MAX_STOPS
+            or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stop)):  # fmt: skip
+        raise RequestError(f"stop must be a string or a list of up to {MAX_STOPS} non-empty strings of at most "
+                           f"{MAX_STOP_CHARS} characters", param="stop")  # fmt: skip
+    return stop
+
+
+def _flag(body: dict[str, Any], name: str, where: str | None = None) -> bool:
+    value = body.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise RequestError(f"{where or name} must be true or false", param=where or name)
+    return value
+
+
+def _include_usage(body: dict[str, Any], stream: bool) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise RequestError("stream_options must be an object", param="stream_options")
+    if not stream:
+        raise RequestError("stream_options is only allowed when stream is true", param="stream_options")
+    return _flag(options, "include_usage", "stream_options.include_usage")
+
+
+def parse_chat_request(body: Any, limits: Limits) -> ChatRequest:
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    turns, system = _turns(body.get("messages"), limits)
+    urls = [u for t in turns for u in t.image_urls]
+    if len(urls) > limits.max_images:
+        raise RequestError(f"{len(urls)} images in one request; this server takes at most {limits.max_images}",
+                           param="messages")  # fmt: skip
+    if _number(body, "n", int, 1, 1, 1) != 1:
+        raise RequestError("only n=1 is supported", param="n")
+    tokens_key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _number(body, tokens_key, int, 1, float("inf"), None)
+    if max_tokens is not None and max_tokens > limits.context_length:
+        raise RequestError(f"{tokens_key} {str(max_tokens)[:24]} is beyond the model's context of "
+                           f"{limits.context_length} tokens", param=tokens_key)  # fmt: skip
+    for name in ("frequency_penalty", "presence_penalty"):  # accepted within OpenAI's bounds, not applied
+        _number(body, name, float, -2, 2, 0.0)
+    stream = _flag(body, "stream")
     params = SamplingParams(
         temperature=_number(body, "temperature", float, 0, 2, 1.0),
         top_p=_number(body, "top_p", float, 1e-9, 1, 1.0),
+        top_k=_number(body, "top_k", int, 0, 1_000_000, 0),
         repetition_penalty=_number(body, "repetition_penalty", float, 0.01, 10, 1.0),
-        seed=seed,
-        max_tokens=max_tokens,
+        seed=_number(body, "seed", int, *SEED_RANGE, None),
+        max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
     )
-    options = body.get("stream_options") or {}
-    return ChatRequest(turns, system, params, stop, stream, bool(options.get("include_usage")))
+    return ChatRequest(turns, system, params, _stop(body), stream, _include_usage(body, stream),
+                       max_tokens_given=max_tokens is not None)  # fmt: skip

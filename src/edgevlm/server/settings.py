@@ -23,10 +23,27 @@ class ServerSettings:
     max_tiles: int | None = None
     allow_remote_images: bool = False
     allow_local_images: Path | None = None  # file:// URLs only from inside this folder
+    allow_private_image_hosts: bool = False  # remote images from loopback, private or link-local addresses
     remote_image_max_mb: float = 20.0
-    remote_image_timeout: float = 10.0
+    remote_image_timeout: float = 10.0  # for the whole fetch, redirects included
+    max_message_chars: int = 100_000  # text of one message; refused before it is tokenised
+    max_request_chars: int = 200_000  # text of all messages of one request
     threads: int | None = None
     backend: str = "auto"  # auto, cpu or rk3588
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in BOUNDS.items():
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:  # NaN fails too
+                raise ValueError(f"--{name.replace('_', '-')} must be between {low:g} and {high:g}, got {value}")
+
+
+BOUNDS = {
+    "port": (1, 65535), "max_queue": (0, 10_000), "max_body_mb": (0.001, 4096), "max_images": (0, 64),
+    "max_image_pixels": (1, 2**31), "max_tiles": (1, 64), "remote_image_max_mb": (0.001, 4096),
+    "remote_image_timeout": (0.1, 3600), "max_message_chars": (1, 10**8), "max_request_chars": (1, 10**8),
+    "threads": (1, 1024),
+}  # fmt: skip
 
 
 HELP = {
@@ -36,6 +53,8 @@ HELP = {
     "max_images": "images per request", "max_image_pixels": "pixels per image", "max_tiles": "tiles per image",
     "allow_remote_images": "fetch http(s) image URLs", "allow_local_images": "serve file:// images from this folder",
     "remote_image_max_mb": "largest remote image", "remote_image_timeout": "seconds to fetch a remote image",
+    "allow_private_image_hosts": "let remote image URLs reach loopback, private and link-local addresses",
+    "max_message_chars": "characters of text in one message", "max_request_chars": "characters of text per request",
     "threads": "ONNX Runtime threads", "backend": "auto, cpu (ONNX Runtime) or rk3588 (NPU)",
 }  # fmt: skip
 
@@ -55,7 +74,7 @@ def _env(name: str, kind: type) -> object:
         return None
     if kind is bool:
         return raw.strip().lower() in ("1", "true", "yes", "on")
-    return kind(raw)
+    return raw  # a string default: argparse converts and checks it like the flag
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
