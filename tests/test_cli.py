@@ -1,7 +1,11 @@
+import re
 import subprocess
 import sys
 
+import pytest
+
 from edgevlm.cli import main
+from helpers import assert_one_line_error, run_edgevlm
 
 
 def test_info_describes_a_checkpoint(tiny_ckpt, capsys):
@@ -15,3 +19,33 @@ def test_user_mistakes_are_one_line_errors(tmp_path):
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "not a folder" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--top-p", "0"), ("--top-p", "1.5"), ("--top-p", "nan"), ("--repetition-penalty", "0"),
+     ("--repetition-penalty", "-1"), ("--seed", "-1"), ("--seed", "1e3"), ("--temperature", "nan"),
+     ("--temperature", "inf"), ("--temperature", "-0.5"), ("--max-tokens", "0"), ("--top-k", "-3")],
+)  # fmt: skip
+def test_sampling_flags_are_checked_by_argparse(small_bundle, flag, value):
+    r = run_edgevlm("chat", "-m", small_bundle, "-p", "hi", flag, value)
+    assert_one_line_error(r, flag, "usage")
+
+
+@pytest.mark.parametrize("flag", ["-p", "--system"])
+def test_non_utf8_arguments_are_one_line(small_bundle, flag):
+    args = [sys.executable, "-m", "edgevlm", "chat", "-m", str(small_bundle), "-p", "hi", flag, b"caf\xe9 \xff"]
+    r = subprocess.run(args, capture_output=True, text=True)
+    assert_one_line_error(r, flag, "UTF-8")
+
+
+def test_a_non_utf8_line_in_the_chat_is_an_error_and_the_chat_goes_on(small_bundle):
+    lines = b"Tell me about bread.\n\xff\xfe broken \xc3\n\nAnd butter?\n/exit\n"
+    r = run_edgevlm("chat", "-m", small_bundle, "--max-tokens", "4", "--stats", stdin=lines)
+    err = r.stderr.decode()
+    assert r.returncode == 0 and "Traceback" not in err, err
+    assert err.count("not valid UTF-8") == 1
+    stats = re.findall(r"prompt (\d+) tokens \((\d+) cached", err)
+    assert len(stats) == 2, err  # both good questions answered
+    (first, _), (second, cached) = ((int(a), int(b)) for a, b in stats)
+    assert second > first and cached >= first  # the second turn follows the first: the conversation was kept

@@ -261,3 +261,48 @@ def test_browser_requests_are_refused_without_a_key(open_server):
     ):
         assert_openai_error(s.post({"messages": MSG, "max_tokens": 2}, key=None, headers=headers), status, words)
     assert_openai_error(httpx.get(s.url + "/v1/models", headers={"Host": "rebound.example"}), 403, "Host")
+
+
+def test_a_stream_that_fails_after_its_200_ends_with_an_error_event_and_done(small_bundle):
+    from starlette.testclient import TestClient
+
+    import edgevlm
+    from edgevlm.runtime.generate import GenerationStats, StreamChunk
+    from edgevlm.server.app import create_app
+    from edgevlm.server.settings import ServerSettings
+
+    model = edgevlm.load(small_bundle)
+
+    def failing_answer(prepared, params, stats):
+        yield StreamChunk("Hel", 1, GenerationStats())
+        raise RuntimeError("the accelerator fell over")
+
+    model.answer = failing_answer
+    client = TestClient(create_app(ServerSettings(model=small_bundle), model=model), base_url="http://127.0.0.1")
+    with client.stream("POST", "/v1/chat/completions", json={"messages": MSG, "stream": True}) as r:
+        assert r.status_code == 200
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(line[6:]) for line in lines[:-1]]
+    assert events[1]["choices"][0]["delta"]["content"] == "Hel"
+    err = events[-1]["error"]
+    assert set(err) == {"message", "type", "param", "code"} and "fell over" in err["message"]
+    assert err["type"] == "server_error"
+    r = client.post("/v1/chat/completions", json={"messages": MSG})
+    assert_openai_error(r, 500, "fell over")
+
+
+def test_remote_images_from_loopback_are_refused_unless_allowed(tiny_bundle):
+    s = Server(tiny_bundle, "--allow-remote-images", "--remote-image-timeout", "2")
+    try:  # only loopback URLs here: a test never sends a packet beyond this machine
+        for url in ("http://127.0.0.1:9/cat.png", "http://2130706433:9/cat.png", "http://[::1]:9/cat.png",
+                    "http://localhost:9/cat.png"):  # fmt: skip
+            assert_openai_error(s.post(image(url)), 400, "private, loopback or link-local")
+    finally:
+        s.stop()
+    s = Server(tiny_bundle, "--allow-remote-images", "--allow-private-image-hosts", "--remote-image-timeout", "2")
+    try:
+        err = assert_openai_error(s.post(image("http://127.0.0.1:9/cat.png")), 400, "cannot fetch image")
+        assert "private" not in err["message"]  # allowed, so it was tried: port 9 does not answer
+    finally:
+        s.stop()

@@ -72,7 +72,7 @@ def _tensor_ref(file: Path, name: str, meta: object, base: int, size: int) -> Te
     if not isinstance(meta, dict):
         raise bad("has no entry object")
     dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
-    if dtype not in _DTYPES:
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise CheckpointError(f"{file}: tensor '{name}' has dtype {dtype}; only {', '.join(_DTYPES)} are supported")
     if not isinstance(shape, list) or not all(_whole(d) for d in shape):
         raise bad(f"has shape {shape!r}, not a list of sizes")

@@ -277,7 +277,8 @@ MODEL_TYPES = {"internvl_chat": "InternVLChatModel", "internvl": "InternVLForCon
 
 def parse_config(raw: Mapping[str, Any]) -> ModelConfig:
     """Build a ModelConfig from the dict of a config.json in either naming."""
-    archs = [a for a in (raw.get("architectures") or []) if isinstance(a, str)]
+    declared = raw.get("architectures")
+    archs = [a for a in declared if isinstance(a, str)] if isinstance(declared, list) else []
     kind = raw.get("model_type")
     if isinstance(kind, str) and kind in MODEL_TYPES:
         archs.append(MODEL_TYPES[kind])
