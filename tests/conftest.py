@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the [test] extra (torch, transformers) is not installed")
 
-from edgevlm.config import preset  # noqa: E402
+from edgevlm.models import preset  # noqa: E402
 from edgevlm.testing.random_checkpoint import reference_model, round_parameters, save_checkpoint  # noqa: E402
 
 

@@ -1,8 +1,12 @@
 import json
+from dataclasses import replace
 
 import pytest
 
-from edgevlm.config import PRESETS, ConfigError, load_config, parse_config, preset
+from edgevlm.config import ConfigError
+from edgevlm.models import load_config, parse_config, preset
+from edgevlm.models.internvl3 import PRESETS
+from edgevlm.testing.vocab import fixture_tokenizer
 
 
 def _raw(ckpt):
@@ -12,8 +16,9 @@ def _raw(ckpt):
 def test_both_namings_parse_to_the_same_model(tiny_ckpt, tiny_cfg):
     original, hf = load_config(tiny_ckpt["original"]), load_config(tiny_ckpt["hf"])
     assert original.naming == "original" and hf.naming == "hf"
-    assert original == tiny_cfg.with_naming("original")
-    assert hf == tiny_cfg.with_naming("hf")
+    assert original == tiny_cfg.with_naming("original") and original.image_token_id is None  # not in its config
+    assert hf == replace(tiny_cfg.with_naming("hf"), image_token_id=hf.image_token_id)
+    assert hf.image_token_id == fixture_tokenizer()[0].token_to_id("<IMG_CONTEXT>")
 
 
 def test_original_keys_are_read(tiny_ckpt):
@@ -59,7 +64,7 @@ def test_missing_required_key_is_named(tiny_ckpt, naming, path):
 
 def test_not_internvl_is_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
-    with pytest.raises(ConfigError, match="not an InternVL checkpoint"):
+    with pytest.raises(ConfigError, match="not a supported model"):
         load_config(tmp_path)
     with pytest.raises(ConfigError, match="no config.json"):
         load_config(tmp_path / "nowhere")

@@ -144,7 +144,7 @@ CONFIGS = {
     "ratio not dividing": (["downsample_ratio"], 0.3, "downsample_ratio"),
     "tie as text": (["text_config", "tie_word_embeddings"], "no", "tie_word_embeddings"),
     "bias as number": (["vision_config", "attention_bias"], 2, "qkv_bias"),
-    "architectures a number": (["architectures"], 5, "not an InternVL checkpoint"),
+    "architectures a number": (["architectures"], 5, "not a supported model"),
 }
 
 

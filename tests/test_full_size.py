@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edgevlm.checkpoint import open_checkpoint
-from edgevlm.config import preset
+from edgevlm.models import preset
 from edgevlm.testing.random_checkpoint import cached_checkpoint
 
 pytestmark = pytest.mark.slow

@@ -56,7 +56,7 @@ def our_tokens(session, question, images):
 def test_both_namings_convert_to_identical_bundles(bundles):
     a, b = open_bundle(bundles / "original", hashes=True), open_bundle(bundles / "hf", hashes=True)
     assert a.files == b.files
-    assert a.source["naming"] == "original" and b.source["naming"] == "hf"
+    assert a.source["model"] == "internvl3, original naming" and b.source["model"] == "internvl3, hf naming"
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .config import ConfigError, ModelConfig, TextConfig, VisionConfig
+from . import __version__, models
+from .config import ConfigError
 
 FORMAT = "edgevlm-bundle"
 FORMAT_VERSION = 1
@@ -41,7 +41,7 @@ class Part:
 
 @dataclass(frozen=True)
 class Manifest:
-    model: ModelConfig
+    model: Any  # the family's ModelConfig
     parts: dict[str, Part]  # "vision", "llm", "embedding", "tokenizer", optional "vision_rk3588", ...
     context_length: int
     max_tiles: int
@@ -57,6 +57,7 @@ class Manifest:
             "format_version": self.format_version,
             "edgevlm_version": __version__,
             "source": self.source,
+            "family": m.family,
             "model": dataclasses.asdict(m),
             "tokens": {
                 "image_context": m.image_token_id,
@@ -91,8 +92,7 @@ class Manifest:
                 "upgrade edgevlm"
             )
         try:
-            raw = dict(d["model"])
-            model = ModelConfig(vision=VisionConfig(**raw.pop("vision")), text=TextConfig(**raw.pop("text")), **raw)
+            model = models.family(d.get("family", "internvl3")).config_from_dict(d["model"])  # v1: InternVL3 only
             manifest = cls(
                 model=model,
                 parts={k: Part(**p) for k, p in d["parts"].items()},

@@ -1,12 +1,12 @@
-"""Strict, torch-free reading of InternVL3 safetensors checkpoints into one canonical naming.
+"""Strict, torch-free reading of safetensors checkpoints into a family's canonical naming.
 
 A checkpoint is a folder with config.json and either `model.safetensors` or shards listed in
 `model.safetensors.index.json`. Tensors are memory-mapped: opening reads only the headers, and
 `get()` touches only the bytes of the tensor asked for. bf16 (numpy has no such type) is widened
 to float32 on `get()`.
 
-Both namings (OpenGVLab original and transformers `-hf`) map to canonical names through TABLE.
-Reading is strict: a missing tensor, an unused one, or a wrong shape is an error naming it.
+The family (found from config.json) names every tensor it expects and its shape; reading is strict:
+a missing tensor, an unused one, or a wrong shape is an error naming it.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
-from .config import ModelConfig, load_config
+from . import models
 
 
 class CheckpointError(ValueError):
@@ -135,146 +137,18 @@ def _stored_tensors(folder: Path) -> dict[str, TensorRef]:
 
 
 # --------------------------------------------------------------------------------------------
-# The naming TABLE: canonical name -> stored name(s) in each naming. `{i}` is a layer index;
-# several stored names are concatenated along axis 0 (transformers splits the fused qkv).
-
-_VL = "vision.layers.{i}."
-_OV = "vision_model.encoder.layers.{i}."
-_HV = "vision_tower.encoder.layer.{i}."
-_LL = "language_model.model.layers.{i}."
-
-Row = tuple[str, tuple[str, ...], tuple[str, ...]]
-
-
-def _same(canonical: str, stored: str) -> Row:
-    """A row whose original and -hf names agree (the language model)."""
-    return (canonical, (stored,), (stored,))
-
-
-TABLE: tuple[Row, ...] = (
-    # canonical                       original                                   -hf
-    (
-        "vision.embed.patch.weight",
-        ("vision_model.embeddings.patch_embedding.weight",),
-        ("vision_tower.embeddings.patch_embeddings.projection.weight",),
-    ),
-    (
-        "vision.embed.patch.bias",
-        ("vision_model.embeddings.patch_embedding.bias",),
-        ("vision_tower.embeddings.patch_embeddings.projection.bias",),
-    ),
-    ("vision.embed.cls", ("vision_model.embeddings.class_embedding",), ("vision_tower.embeddings.cls_token",)),
-    (
-        "vision.embed.pos",
-        ("vision_model.embeddings.position_embedding",),
-        ("vision_tower.embeddings.position_embeddings",),
-    ),
-    (_VL + "norm1.weight", (_OV + "norm1.weight",), (_HV + "layernorm_before.weight",)),
-    (_VL + "norm1.bias", (_OV + "norm1.bias",), (_HV + "layernorm_before.bias",)),
-    (_VL + "attn.qkv.weight", (_OV + "attn.qkv.weight",), tuple(_HV + f"attention.{p}_proj.weight" for p in "qkv")),
-    (_VL + "attn.qkv.bias", (_OV + "attn.qkv.bias",), tuple(_HV + f"attention.{p}_proj.bias" for p in "qkv")),
-    (_VL + "attn.proj.weight", (_OV + "attn.proj.weight",), (_HV + "attention.projection_layer.weight",)),
-    (_VL + "attn.proj.bias", (_OV + "attn.proj.bias",), (_HV + "attention.projection_layer.bias",)),
-    (_VL + "ls1", (_OV + "ls1",), (_HV + "lambda_1",)),
-    (_VL + "ls2", (_OV + "ls2",), (_HV + "lambda_2",)),
-    (_VL + "norm2.weight", (_OV + "norm2.weight",), (_HV + "layernorm_after.weight",)),
-    (_VL + "norm2.bias", (_OV + "norm2.bias",), (_HV + "layernorm_after.bias",)),
-    (_VL + "mlp.fc1.weight", (_OV + "mlp.fc1.weight",), (_HV + "mlp.fc1.weight",)),
-    (_VL + "mlp.fc1.bias", (_OV + "mlp.fc1.bias",), (_HV + "mlp.fc1.bias",)),
-    (_VL + "mlp.fc2.weight", (_OV + "mlp.fc2.weight",), (_HV + "mlp.fc2.weight",)),
-    (_VL + "mlp.fc2.bias", (_OV + "mlp.fc2.bias",), (_HV + "mlp.fc2.bias",)),
-    ("projector.norm.weight", ("mlp1.0.weight",), ("multi_modal_projector.layer_norm.weight",)),
-    ("projector.norm.bias", ("mlp1.0.bias",), ("multi_modal_projector.layer_norm.bias",)),
-    ("projector.fc1.weight", ("mlp1.1.weight",), ("multi_modal_projector.linear_1.weight",)),
-    ("projector.fc1.bias", ("mlp1.1.bias",), ("multi_modal_projector.linear_1.bias",)),
-    ("projector.fc2.weight", ("mlp1.3.weight",), ("multi_modal_projector.linear_2.weight",)),
-    ("projector.fc2.bias", ("mlp1.3.bias",), ("multi_modal_projector.linear_2.bias",)),
-    _same("llm.embed.weight", "language_model.model.embed_tokens.weight"),
-    _same("llm.layers.{i}.attn_norm.weight", _LL + "input_layernorm.weight"),
-    *(_same(f"llm.layers.{{i}}.attn.{p}.weight", _LL + f"self_attn.{p}_proj.weight") for p in "qkvo"),
-    *(_same(f"llm.layers.{{i}}.attn.{p}.bias", _LL + f"self_attn.{p}_proj.bias") for p in "qkv"),
-    _same("llm.layers.{i}.mlp_norm.weight", _LL + "post_attention_layernorm.weight"),
-    *(_same(f"llm.layers.{{i}}.mlp.{p}.weight", _LL + f"mlp.{p}_proj.weight") for p in ("gate", "up", "down")),
-    _same("llm.norm.weight", "language_model.model.norm.weight"),
-    _same("llm.lm_head.weight", "language_model.lm_head.weight"),
-)
-
-# Recent transformers save with a `model.` prefix and a bare `lm_head`; fold them onto the hub naming.
-HF_PREFIX_ALIASES = (
-    ("model.language_model.", "language_model.model."),
-    ("model.vision_tower.", "vision_tower."),
-    ("model.multi_modal_projector.", "multi_modal_projector."),
-    ("lm_head.", "language_model.lm_head."),
-)
-
-
-def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Canonical name -> shape, for every tensor the config implies."""
-    v, t = cfg.vision, cfg.text
-    d, h, c = v.hidden_size, t.hidden_size, cfg.projector_in
-    kv = t.num_kv_heads * t.head_dim
-    vision_layer = {
-        "norm1.weight": (d,), "norm1.bias": (d,), "attn.qkv.weight": (3 * d, d), "attn.qkv.bias": (3 * d,),
-        "attn.proj.weight": (d, d), "attn.proj.bias": (d,), "ls1": (d,), "ls2": (d,),
-        "norm2.weight": (d,), "norm2.bias": (d,), "mlp.fc1.weight": (v.intermediate_size, d),
-        "mlp.fc1.bias": (v.intermediate_size,), "mlp.fc2.weight": (d, v.intermediate_size), "mlp.fc2.bias": (d,),
-    }  # fmt: skip
-    if not v.qkv_bias:
-        del vision_layer["attn.qkv.bias"]
-    text_layer = {
-        "attn_norm.weight": (h,), "attn.q.weight": (h, h), "attn.q.bias": (h,), "attn.k.weight": (kv, h),
-        "attn.k.bias": (kv,), "attn.v.weight": (kv, h), "attn.v.bias": (kv,), "attn.o.weight": (h, h),
-        "mlp_norm.weight": (h,), "mlp.gate.weight": (t.intermediate_size, h),
-        "mlp.up.weight": (t.intermediate_size, h), "mlp.down.weight": (h, t.intermediate_size),
-    }  # fmt: skip
-    shapes = {
-        "vision.embed.patch.weight": (d, 3, v.patch_size, v.patch_size),
-        "vision.embed.patch.bias": (d,),
-        "vision.embed.cls": (1, 1, d),
-        "vision.embed.pos": (1, v.grid * v.grid + 1, d),
-        "projector.norm.weight": (c,), "projector.norm.bias": (c,),
-        "projector.fc1.weight": (h, c), "projector.fc1.bias": (h,),
-        "projector.fc2.weight": (h, h), "projector.fc2.bias": (h,),
-        "llm.embed.weight": (t.vocab_size, h),
-        "llm.norm.weight": (h,),
-    }  # fmt: skip
-    if not t.tie_word_embeddings:
-        shapes["llm.lm_head.weight"] = (t.vocab_size, h)
-    for i in range(v.num_layers):
-        shapes.update({f"vision.layers.{i}.{k}": s for k, s in vision_layer.items()})
-    for i in range(t.num_layers):
-        shapes.update({f"llm.layers.{i}.{k}": s for k, s in text_layer.items()})
-    return shapes
-
-
-def source_names(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
-    """Canonical name -> stored name(s) in the config's naming, for every expected tensor."""
-    column = {"original": 1, "hf": 2}[cfg.naming]
-    layers = {"vision": cfg.vision.num_layers, "llm": cfg.text.num_layers}
-    wanted = expected_shapes(cfg)
-    out = {}
-    for row in TABLE:
-        canonical, sources = row[0], row[column]
-        count = layers[canonical.split(".")[0]] if "{i}" in canonical else 1
-        for i in range(count):
-            name = canonical.format(i=i)
-            if name in wanted:
-                out[name] = tuple(s.format(i=i) for s in sources)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 
 
 class Checkpoint:
-    """An opened checkpoint: config plus memory-mapped tensors under canonical names."""
+    """An opened checkpoint: its family, config, and memory-mapped tensors under canonical names."""
 
-    def __init__(self, path: Path, config: ModelConfig, stored: dict[str, TensorRef]) -> None:
+    def __init__(self, path: Path, config: Any, stored: dict[str, TensorRef]) -> None:
         self.path = path
         self.config = config
+        self.family = models.family(config.family)
         self._stored = stored
-        self._sources = source_names(config)
-        self._shapes = expected_shapes(config)
+        self._sources = self.family.source_names(config)
+        self._shapes = self.family.expected_shapes(config)
         self._maps = _MappedFiles()
 
     def names(self) -> list[str]:
@@ -300,20 +174,9 @@ class Checkpoint:
             yield name, self.get(name)
 
 
-def _fold_aliases(stored: dict[str, TensorRef]) -> dict[str, TensorRef]:
-    out = {}
-    for name, ref in stored.items():
-        for old, new in HF_PREFIX_ALIASES:
-            if name.startswith(old):
-                name = new + name[len(old) :]
-                break
-        out[name] = ref
-    return out
-
-
-def _check(folder: Path, cfg: ModelConfig, stored: dict[str, TensorRef]) -> None:
-    sources = source_names(cfg)
-    shapes = expected_shapes(cfg)
+def _check(folder: Path, cfg: Any, fam: ModuleType, stored: dict[str, TensorRef]) -> None:
+    """Every tensor the family's table expects is there with its shape, and nothing else is."""
+    sources, shapes = fam.source_names(cfg), fam.expected_shapes(cfg)
     problems: list[str] = []
     used: set[str] = set()
     for canonical, names in sources.items():
@@ -325,13 +188,11 @@ def _check(folder: Path, cfg: ModelConfig, stored: dict[str, TensorRef]) -> None
                 problems.append(f"missing tensor '{name}'")
             elif stored[name].shape != part:
                 problems.append(f"tensor '{name}' has shape {list(stored[name].shape)}, config implies {list(part)}")
-    tied_head = "language_model.lm_head.weight"
-    if cfg.text.tie_word_embeddings and tied_head in stored:
-        used.add(tied_head)  # some savers write the tied head anyway; it is the embedding
+    used |= fam.tolerated_names(cfg) & set(stored)
     problems += [f"unexpected tensor '{n}' (not part of this model)" for n in sorted(set(stored) - used)]
     if problems:
         shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
-        raise CheckpointError(f"checkpoint {folder} ({cfg.naming} naming): {shown}")
+        raise CheckpointError(f"checkpoint {folder} ({cfg.label}): {shown}")
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
@@ -339,9 +200,8 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: not a folder")
-    cfg = load_config(folder)
-    stored = _stored_tensors(folder)
-    if cfg.naming == "hf":
-        stored = _fold_aliases(stored)
-    _check(folder, cfg, stored)
+    cfg = models.load_config(folder)
+    fam = models.family(cfg.family)
+    stored = {fam.stored_name(name, cfg): ref for name, ref in _stored_tensors(folder).items()}
+    _check(folder, cfg, fam, stored)
     return Checkpoint(folder, cfg, stored)

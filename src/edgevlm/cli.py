@@ -20,16 +20,15 @@ def _info(args: argparse.Namespace) -> int:
 
     ck = open_checkpoint(args.checkpoint)
     c = ck.config
-    v, t = c.vision, c.text
+    t = c.text
     n = sum(math.prod(ck.shape(name)) for name in ck.names())
     dtypes = sorted({ck.stored_dtype(name) for name in ck.names()})
-    print(f"checkpoint   {ck.path} ({c.naming} naming, {', '.join(dtypes)})")
+    print(f"checkpoint   {ck.path} ({c.label}, {', '.join(dtypes)})")
     print(f"parameters   {n / 1e6:.1f} M in {len(ck.names())} tensors")
-    print(f"vision       {v.num_layers} layers, hidden {v.hidden_size}, {v.num_heads} heads, "
-          f"{v.image_size}px tiles of {c.tokens_per_tile} tokens")  # fmt: skip
+    for key, text in ck.family.describe(c):
+        print(f"{key:<12} {text}")
     print(f"language     {t.num_layers} layers, hidden {t.hidden_size}, {t.num_heads}/{t.num_kv_heads} heads, "
           f"vocab {t.vocab_size}, rope theta {t.rope_theta:g}")  # fmt: skip
-    print(f"tiling       {c.min_dynamic_patch}..{c.max_dynamic_patch} tiles, thumbnail {c.use_thumbnail}")
     return 0
 
 

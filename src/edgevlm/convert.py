@@ -127,7 +127,7 @@ def _write_bundle(ck: Checkpoint, tokenizer: Tokenizer, src: str | Path, out: Pa
             context_length=options.max_context,
             max_tiles=max_tiles,
             min_tiles=min(cfg.min_dynamic_patch, max_tiles),
-            source={"path": str(src), "naming": cfg.naming},
+            source={"path": str(src), "model": cfg.label},
         )
         manifest = write_manifest(tmp, manifest)
         done()

@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from onnx import TensorProto
 
-from ..config import ModelConfig
 from .builder import Graph
 from .quant import matmul_nbits
 
@@ -44,7 +44,7 @@ class DecoderGraphSpec:
             raise ValueError(f"llm precision must be one of {sorted(LLM_PRECISIONS)}, got {self.precision!r}")
 
 
-def rotary_tables(cfg: ModelConfig, length: int) -> tuple[np.ndarray, np.ndarray]:
+def rotary_tables(cfg: Any, length: int) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin [length, head_dim/2] for Qwen2's (non-interleaved) rotary embedding."""
     hd = cfg.text.head_dim
     inv_freq = 1.0 / (cfg.text.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
@@ -53,7 +53,7 @@ def rotary_tables(cfg: ModelConfig, length: int) -> tuple[np.ndarray, np.ndarray
 
 
 class _Builder:
-    def __init__(self, g: Graph, get: Weights, cfg: ModelConfig, spec: DecoderGraphSpec) -> None:
+    def __init__(self, g: Graph, get: Weights, cfg: Any, spec: DecoderGraphSpec) -> None:
         self.g, self.get, self.cfg, self.spec = g, get, cfg, spec
 
     def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str, scope: str) -> str:
@@ -80,7 +80,7 @@ class _Builder:
     def attention(self, h: str, i: int, caches: tuple[str, str], state: tuple[str, str, str, str]) -> str:
         g, t, p, s = self.g, self.cfg.text, f"llm.layers.{i}.attn", f"/llm/layers.{i}/attn"
         w = np.concatenate([self.get(f"{p}.{n}.weight") for n in "qkv"])
-        b = np.concatenate([self.get(f"{p}.{n}.bias") for n in "qkv"])
+        b = np.concatenate([self.get(f"{p}.{n}.bias") for n in "qkv"]) if t.qkv_bias else None
         qkv = self.linear(h, w, b, p + ".qkv", s + "/qkv")
         seqlens, total, cos, sin = state
         out = g.op(
@@ -100,7 +100,7 @@ class _Builder:
         return self.linear(g.op("Mul", [act, up], s), self.get(p + ".down.weight"), None, p + ".down", s + "/down")
 
 
-def build_decoder_graph(get: Weights, cfg: ModelConfig, path: str | Path, spec: DecoderGraphSpec) -> Path:
+def build_decoder_graph(get: Weights, cfg: Any, path: str | Path, spec: DecoderGraphSpec) -> Path:
     """Write the decoder graph (and its `.data` file) to `path` from canonical weights."""
     t = cfg.text
     g = Graph(path, opset=17, name="edgevlm_decoder")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto
 
-from ..config import ModelConfig
+from ..models.internvl3 import ModelConfig
 from .builder import Graph
 from .quant import int8_per_channel
 

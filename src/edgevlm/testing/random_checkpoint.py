@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_dir
-from ..checkpoint import expected_shapes
-from ..config import ModelConfig, preset
+from ..models import preset
+from ..models.internvl3 import ModelConfig, expected_shapes
 from . import cache_dir
 from .vocab import fixture_tokenizer
 
@@ -46,7 +46,7 @@ def hf_config(cfg: ModelConfig) -> Any:
             rms_norm_eps=t.rms_norm_eps, max_position_embeddings=t.max_position_embeddings,
             tie_word_embeddings=t.tie_word_embeddings, bos_token_id=151643, eos_token_id=151645,
         ),
-        image_token_id=cfg.image_token_id,
+        image_token_id=cfg.image_token_id or fixture_tokenizer()[0].token_to_id("<IMG_CONTEXT>"),
         downsample_ratio=cfg.downsample_ratio,
         vision_feature_layer=cfg.vision.select_layer,
         tie_word_embeddings=t.tie_word_embeddings,

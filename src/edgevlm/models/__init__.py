@@ -1,0 +1,74 @@
+"""Model families as plug-ins: one module per family, found by config.json's model_type or architectures.
+
+A family module (like mlx-lm's `models/<arch>.py`, no base class) provides:
+    NAME, MODEL_TYPES {model_type: architecture}, PARSERS {architecture: parser}, PRESETS
+    ModelConfig                               (frozen dataclass; `.text` is the shared TextConfig)
+    parse_config(raw, architecture), config_from_dict(d)
+    expected_shapes(cfg), source_names(cfg), stored_name(name, cfg), tolerated_names(cfg), describe(cfg)
+Adding a family is one module and one line in FAMILIES.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ..config import ConfigError, read_config_json
+
+FAMILIES = ("internvl3",)
+
+
+def family(name: str) -> ModuleType:
+    """The module of the family called `name`."""
+    if name not in FAMILIES:
+        raise ConfigError(f"unknown model family {name!r}; this edgevlm knows {', '.join(FAMILIES)}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def _architectures(raw: Mapping[str, Any]) -> list[str]:
+    declared = raw.get("architectures")
+    return [a for a in declared if isinstance(a, str)] if isinstance(declared, list) else []
+
+
+def detect(raw: Mapping[str, Any]) -> tuple[ModuleType, str]:
+    """The family of a config.json and the architecture to read it as."""
+    kind = raw.get("model_type")
+    for name in FAMILIES:
+        module = family(name)
+        wanted = _architectures(raw) + ([module.MODEL_TYPES[kind]] if isinstance(kind, str)
+                                        and kind in module.MODEL_TYPES else [])  # fmt: skip
+        for arch in wanted:
+            if arch in module.PARSERS:
+                return module, arch
+    known = sorted(a for name in FAMILIES for a in family(name).PARSERS)
+    raise ConfigError(f"config.json: not a supported model (architectures {raw.get('architectures')!r:.100}, "
+                      f"model_type {kind!r:.60}); supported: {', '.join(known)}")  # fmt: skip
+
+
+def parse_config(raw: Mapping[str, Any]) -> Any:
+    """The family's ModelConfig for the object of a config.json."""
+    module, arch = detect(raw)
+    return module.parse_config(raw, arch)
+
+
+def load_config(path: str | Path) -> Any:
+    """Read config.json from a checkpoint folder (or the file itself) into its family's ModelConfig."""
+    raw = read_config_json(path)
+    try:
+        return parse_config(raw)
+    except ConfigError as e:
+        file = Path(path) / "config.json" if Path(path).is_dir() else Path(path)
+        raise ConfigError(str(e) if str(e).startswith("config.json") else f"{file}: {e}") from None
+
+
+def preset(name: str) -> Any:
+    """A real model's dimensions (no weights), by preset name, from any family."""
+    for fam in FAMILIES:
+        presets = family(fam).PRESETS
+        if name in presets:
+            return presets[name]
+    known = sorted(p for fam in FAMILIES for p in family(fam).PRESETS)
+    raise ConfigError(f"unknown preset '{name}'; choose from {known}")

@@ -1,0 +1,370 @@
+"""InternVL3 (InternViT + MLP projector + Qwen2): everything specific to this family.
+
+Two namings exist for the same model: OpenGVLab's original (`InternVLChatModel`, keys `llm_config`,
+`max_dynamic_patch`, ...) and transformers' `-hf` (`InternVLForConditionalGeneration`, keys
+`text_config`, `image_token_id`, ...). Both parse to one `ModelConfig`, and both tensor namings map
+to one canonical naming through TABLE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+from ..config import ConfigError, TextConfig, divides, get_key, scalar, section, text_config, validate
+
+NAME = "internvl3"
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """InternViT encoder dimensions."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    image_size: int = 448
+    patch_size: int = 14
+    layer_norm_eps: float = 1e-6
+    qkv_bias: bool = True
+    select_layer: int = -1
+
+    def __post_init__(self) -> None:
+        where = "vision_config."
+        validate(self, where)
+        divides(where, "hidden_size", self.hidden_size, "num_attention_heads", self.num_heads)
+        divides(where, "image_size", self.image_size, "patch_size", self.patch_size)
+        if not 1 <= self.used_layers <= self.num_layers:
+            raise ConfigError(f"select_layer {self.select_layer} is outside the encoder's {self.num_layers} layers")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def grid(self) -> int:
+        """Patches per side of one tile."""
+        return self.image_size // self.patch_size
+
+    @property
+    def used_layers(self) -> int:
+        """Layers whose output reaches the projector (select_layer -1 means all)."""
+        return self.num_layers + 1 + self.select_layer if self.select_layer < 0 else self.select_layer
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One InternVL3 model, whichever naming its checkpoint uses."""
+
+    family: ClassVar[str] = NAME
+
+    vision: VisionConfig
+    text: TextConfig
+    naming: str = "hf"  # "original" or "hf": the checkpoint's tensor naming
+    downsample_ratio: float = 0.5
+    image_token_id: int | None = None  # -hf configs say it; else the tokenizer's <IMG_CONTEXT> is used
+    template: str = "internvl2_5"
+    min_dynamic_patch: int = 1
+    max_dynamic_patch: int = 12
+    use_thumbnail: bool = True
+    ps_version: str = "v2"
+
+    def __post_init__(self) -> None:
+        validate(self, "")
+        if self.downsample_ratio > 1 or (self.vision.grid * self.downsample_ratio) % 1:
+            raise ConfigError(f"downsample_ratio {self.downsample_ratio} does not divide the {self.vision.grid} "
+                              "patches per side of a tile")  # fmt: skip
+        if self.min_dynamic_patch > self.max_dynamic_patch:
+            raise ConfigError(f"min_dynamic_patch {self.min_dynamic_patch} > max_dynamic_patch "
+                              f"{self.max_dynamic_patch}")  # fmt: skip
+        if self.image_token_id is not None and (isinstance(self.image_token_id, bool)
+                                                or not isinstance(self.image_token_id, int) or self.image_token_id < 0):
+            raise ConfigError(f"image_token_id must be a token id, got {self.image_token_id!r}")
+
+    @property
+    def tokens_per_tile(self) -> int:
+        """Image tokens one tile becomes after pixel shuffle (256 for InternVL3's 448 px tiles)."""
+        side = int(self.vision.grid * self.downsample_ratio)
+        return side * side
+
+    @property
+    def projector_in(self) -> int:
+        """Channels after pixel shuffle: hidden * (1/ratio)^2."""
+        return int(self.vision.hidden_size * round(1 / self.downsample_ratio) ** 2)
+
+    @property
+    def label(self) -> str:
+        return f"{NAME}, {self.naming} naming"
+
+    def with_naming(self, naming: str) -> ModelConfig:
+        return replace(self, naming=naming)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading config.json
+
+
+def _vision_config(v: Mapping[str, Any], where: str, select_layer: int, *, bias_key: str) -> VisionConfig:
+    if v.get("qk_normalization") or v.get("use_qk_norm"):
+        raise ConfigError("config.json: vision qk normalisation (InternViT-6B) is not supported")
+    if v.get("norm_type", "layer_norm") != "layer_norm":
+        raise ConfigError(f"config.json: vision norm_type '{v['norm_type']}' is not supported")
+    return VisionConfig(
+        hidden_size=get_key(v, "hidden_size", where),
+        num_layers=get_key(v, "num_hidden_layers", where),
+        num_heads=get_key(v, "num_attention_heads", where),
+        intermediate_size=get_key(v, "intermediate_size", where),
+        image_size=scalar(v.get("image_size", 448)),
+        patch_size=scalar(v.get("patch_size", 14)),
+        layer_norm_eps=v.get("layer_norm_eps", 1e-6),
+        qkv_bias=v.get(bias_key, True),
+        select_layer=select_layer,
+    )
+
+
+def _parse_original(raw: Mapping[str, Any]) -> ModelConfig:
+    vision = _vision_config(
+        section(raw, "vision_config", ""), "vision_config.", raw.get("select_layer", -1), bias_key="qkv_bias"
+    )
+    force = raw.get("force_image_size")
+    if force is not None and force != vision.image_size:
+        raise ConfigError(f"config.json: force_image_size {force} differs from the encoder's {vision.image_size}")
+    ps = raw.get("ps_version", "v2")
+    if ps != "v2":
+        raise ConfigError(f"config.json: ps_version '{ps}' is not supported (InternVL3 uses v2)")
+    return ModelConfig(
+        vision=vision,
+        text=text_config(section(raw, "llm_config", ""), "llm_config.", qkv_bias=True),
+        naming="original",
+        downsample_ratio=raw.get("downsample_ratio", 0.5),
+        template=raw.get("template", "internvl2_5"),
+        min_dynamic_patch=raw.get("min_dynamic_patch", 1),
+        max_dynamic_patch=raw.get("max_dynamic_patch", 12),
+        use_thumbnail=raw.get("use_thumbnail", True),
+        ps_version=ps,
+    )
+
+
+def _parse_hf(raw: Mapping[str, Any]) -> ModelConfig:
+    layer = raw.get("vision_feature_layer", -1)
+    if not isinstance(layer, int):
+        raise ConfigError(f"config.json: vision_feature_layer {layer!r} (several layers) is not supported")
+    text = text_config(section(raw, "text_config", ""), "text_config.", qkv_bias=True)
+    if "tie_word_embeddings" in raw and "tie_word_embeddings" not in raw["text_config"]:
+        text = replace(text, tie_word_embeddings=raw["tie_word_embeddings"])
+    return ModelConfig(
+        vision=_vision_config(section(raw, "vision_config", ""), "vision_config.", layer, bias_key="attention_bias"),
+        text=text,
+        naming="hf",
+        downsample_ratio=raw.get("downsample_ratio", 0.5),
+        image_token_id=raw.get("image_token_id"),
+    )
+
+
+# Which reader handles which checkpoint, keyed by its declared architecture (and model_type).
+PARSERS: dict[str, Callable[[Mapping[str, Any]], ModelConfig]] = {
+    "InternVLChatModel": _parse_original,
+    "InternVLForConditionalGeneration": _parse_hf,
+}
+MODEL_TYPES = {"internvl_chat": "InternVLChatModel", "internvl": "InternVLForConditionalGeneration"}
+
+
+def parse_config(raw: Mapping[str, Any], architecture: str) -> ModelConfig:
+    """A ModelConfig from config.json, read as `architecture` (one of PARSERS) says."""
+    return PARSERS[architecture](raw)
+
+
+def config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
+    """The ModelConfig a manifest recorded (`dataclasses.asdict` of it)."""
+    raw = dict(d)
+    return ModelConfig(vision=VisionConfig(**raw.pop("vision")), text=TextConfig(**raw.pop("text")), **raw)
+
+
+# --------------------------------------------------------------------------------------------
+# Presets: real model dims, for tests and benchmarks (no weights needed).
+
+_INTERNVIT_300M = VisionConfig(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096)
+
+PRESETS: dict[str, ModelConfig] = {
+    "internvl3-1b": ModelConfig(
+        vision=_INTERNVIT_300M,
+        text=TextConfig(
+            hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2, intermediate_size=4864, vocab_size=151674
+        ),
+    ),
+    "internvl3-2b": ModelConfig(
+        vision=_INTERNVIT_300M,
+        text=TextConfig(
+            hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, intermediate_size=8960, vocab_size=151674
+        ),
+    ),
+    # Seconds to build and run; keeps the real vocabulary so the real special-token ids work.
+    "tiny": ModelConfig(
+        vision=VisionConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
+        text=TextConfig(
+            hidden_size=64,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            intermediate_size=128,
+            vocab_size=151674,
+            max_position_embeddings=8192,
+        ),
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The naming TABLE: canonical name -> stored name(s) in each naming. `{i}` is a layer index;
+# several stored names are concatenated along axis 0 (transformers splits the fused qkv).
+
+_VL = "vision.layers.{i}."
+_OV = "vision_model.encoder.layers.{i}."
+_HV = "vision_tower.encoder.layer.{i}."
+_LL = "language_model.model.layers.{i}."
+
+Row = tuple[str, tuple[str, ...], tuple[str, ...]]
+
+
+def _same(canonical: str, stored: str) -> Row:
+    """A row whose original and -hf names agree (the language model)."""
+    return (canonical, (stored,), (stored,))
+
+
+TABLE: tuple[Row, ...] = (
+    # canonical                       original                                   -hf
+    (
+        "vision.embed.patch.weight",
+        ("vision_model.embeddings.patch_embedding.weight",),
+        ("vision_tower.embeddings.patch_embeddings.projection.weight",),
+    ),
+    (
+        "vision.embed.patch.bias",
+        ("vision_model.embeddings.patch_embedding.bias",),
+        ("vision_tower.embeddings.patch_embeddings.projection.bias",),
+    ),
+    ("vision.embed.cls", ("vision_model.embeddings.class_embedding",), ("vision_tower.embeddings.cls_token",)),
+    (
+        "vision.embed.pos",
+        ("vision_model.embeddings.position_embedding",),
+        ("vision_tower.embeddings.position_embeddings",),
+    ),
+    (_VL + "norm1.weight", (_OV + "norm1.weight",), (_HV + "layernorm_before.weight",)),
+    (_VL + "norm1.bias", (_OV + "norm1.bias",), (_HV + "layernorm_before.bias",)),
+    (_VL + "attn.qkv.weight", (_OV + "attn.qkv.weight",), tuple(_HV + f"attention.{p}_proj.weight" for p in "qkv")),
+    (_VL + "attn.qkv.bias", (_OV + "attn.qkv.bias",), tuple(_HV + f"attention.{p}_proj.bias" for p in "qkv")),
+    (_VL + "attn.proj.weight", (_OV + "attn.proj.weight",), (_HV + "attention.projection_layer.weight",)),
+    (_VL + "attn.proj.bias", (_OV + "attn.proj.bias",), (_HV + "attention.projection_layer.bias",)),
+    (_VL + "ls1", (_OV + "ls1",), (_HV + "lambda_1",)),
+    (_VL + "ls2", (_OV + "ls2",), (_HV + "lambda_2",)),
+    (_VL + "norm2.weight", (_OV + "norm2.weight",), (_HV + "layernorm_after.weight",)),
+    (_VL + "norm2.bias", (_OV + "norm2.bias",), (_HV + "layernorm_after.bias",)),
+    (_VL + "mlp.fc1.weight", (_OV + "mlp.fc1.weight",), (_HV + "mlp.fc1.weight",)),
+    (_VL + "mlp.fc1.bias", (_OV + "mlp.fc1.bias",), (_HV + "mlp.fc1.bias",)),
+    (_VL + "mlp.fc2.weight", (_OV + "mlp.fc2.weight",), (_HV + "mlp.fc2.weight",)),
+    (_VL + "mlp.fc2.bias", (_OV + "mlp.fc2.bias",), (_HV + "mlp.fc2.bias",)),
+    ("projector.norm.weight", ("mlp1.0.weight",), ("multi_modal_projector.layer_norm.weight",)),
+    ("projector.norm.bias", ("mlp1.0.bias",), ("multi_modal_projector.layer_norm.bias",)),
+    ("projector.fc1.weight", ("mlp1.1.weight",), ("multi_modal_projector.linear_1.weight",)),
+    ("projector.fc1.bias", ("mlp1.1.bias",), ("multi_modal_projector.linear_1.bias",)),
+    ("projector.fc2.weight", ("mlp1.3.weight",), ("multi_modal_projector.linear_2.weight",)),
+    ("projector.fc2.bias", ("mlp1.3.bias",), ("multi_modal_projector.linear_2.bias",)),
+    _same("llm.embed.weight", "language_model.model.embed_tokens.weight"),
+    _same("llm.layers.{i}.attn_norm.weight", _LL + "input_layernorm.weight"),
+    *(_same(f"llm.layers.{{i}}.attn.{p}.weight", _LL + f"self_attn.{p}_proj.weight") for p in "qkvo"),
+    *(_same(f"llm.layers.{{i}}.attn.{p}.bias", _LL + f"self_attn.{p}_proj.bias") for p in "qkv"),
+    _same("llm.layers.{i}.mlp_norm.weight", _LL + "post_attention_layernorm.weight"),
+    *(_same(f"llm.layers.{{i}}.mlp.{p}.weight", _LL + f"mlp.{p}_proj.weight") for p in ("gate", "up", "down")),
+    _same("llm.norm.weight", "language_model.model.norm.weight"),
+    _same("llm.lm_head.weight", "language_model.lm_head.weight"),
+)
+
+# Recent transformers save with a `model.` prefix and a bare `lm_head`; fold them onto the hub naming.
+HF_PREFIX_ALIASES = (
+    ("model.language_model.", "language_model.model."),
+    ("model.vision_tower.", "vision_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+    ("lm_head.", "language_model.lm_head."),
+)
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Canonical name -> shape, for every tensor the config implies."""
+    v, t = cfg.vision, cfg.text
+    d, h, c = v.hidden_size, t.hidden_size, cfg.projector_in
+    kv = t.num_kv_heads * t.head_dim
+    vision_layer = {
+        "norm1.weight": (d,), "norm1.bias": (d,), "attn.qkv.weight": (3 * d, d), "attn.qkv.bias": (3 * d,),
+        "attn.proj.weight": (d, d), "attn.proj.bias": (d,), "ls1": (d,), "ls2": (d,),
+        "norm2.weight": (d,), "norm2.bias": (d,), "mlp.fc1.weight": (v.intermediate_size, d),
+        "mlp.fc1.bias": (v.intermediate_size,), "mlp.fc2.weight": (d, v.intermediate_size), "mlp.fc2.bias": (d,),
+    }  # fmt: skip
+    if not v.qkv_bias:
+        del vision_layer["attn.qkv.bias"]
+    text_layer = {
+        "attn_norm.weight": (h,), "attn.q.weight": (h, h), "attn.q.bias": (h,), "attn.k.weight": (kv, h),
+        "attn.k.bias": (kv,), "attn.v.weight": (kv, h), "attn.v.bias": (kv,), "attn.o.weight": (h, h),
+        "mlp_norm.weight": (h,), "mlp.gate.weight": (t.intermediate_size, h),
+        "mlp.up.weight": (t.intermediate_size, h), "mlp.down.weight": (h, t.intermediate_size),
+    }  # fmt: skip
+    if not t.qkv_bias:
+        for p in "qkv":
+            del text_layer[f"attn.{p}.bias"]
+    shapes = {
+        "vision.embed.patch.weight": (d, 3, v.patch_size, v.patch_size),
+        "vision.embed.patch.bias": (d,),
+        "vision.embed.cls": (1, 1, d),
+        "vision.embed.pos": (1, v.grid * v.grid + 1, d),
+        "projector.norm.weight": (c,), "projector.norm.bias": (c,),
+        "projector.fc1.weight": (h, c), "projector.fc1.bias": (h,),
+        "projector.fc2.weight": (h, h), "projector.fc2.bias": (h,),
+        "llm.embed.weight": (t.vocab_size, h),
+        "llm.norm.weight": (h,),
+    }  # fmt: skip
+    if not t.tie_word_embeddings:
+        shapes["llm.lm_head.weight"] = (t.vocab_size, h)
+    for i in range(v.num_layers):
+        shapes.update({f"vision.layers.{i}.{k}": s for k, s in vision_layer.items()})
+    for i in range(t.num_layers):
+        shapes.update({f"llm.layers.{i}.{k}": s for k, s in text_layer.items()})
+    return shapes
+
+
+def source_names(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
+    """Canonical name -> stored name(s) in the config's naming, for every expected tensor."""
+    column = {"original": 1, "hf": 2}[cfg.naming]
+    layers = {"vision": cfg.vision.num_layers, "llm": cfg.text.num_layers}
+    wanted = expected_shapes(cfg)
+    out = {}
+    for row in TABLE:
+        canonical, sources = row[0], row[column]
+        count = layers[canonical.split(".")[0]] if "{i}" in canonical else 1
+        for i in range(count):
+            name = canonical.format(i=i)
+            if name in wanted:
+                out[name] = tuple(s.format(i=i) for s in sources)
+    return out
+
+
+def stored_name(name: str, cfg: ModelConfig) -> str:
+    """A tensor name as stored, folded onto TABLE's naming (recent transformers add a `model.` prefix)."""
+    if cfg.naming == "hf":
+        for old, new in HF_PREFIX_ALIASES:
+            if name.startswith(old):
+                return new + name[len(old) :]
+    return name
+
+
+def tolerated_names(cfg: ModelConfig) -> set[str]:
+    """Stored tensors that may be present without being used (a tied head some savers write anyway)."""
+    return {"language_model.lm_head.weight"} if cfg.text.tie_word_embeddings else set()
+
+
+def describe(cfg: ModelConfig) -> list[tuple[str, str]]:
+    """Lines of `edgevlm info` about what is specific to this family."""
+    v = cfg.vision
+    return [("vision", f"InternViT, {v.num_layers} layers, hidden {v.hidden_size}, {v.num_heads} heads, "
+                       f"{v.image_size}px tiles of {cfg.tokens_per_tile} tokens"),
+            ("tiling", f"{cfg.min_dynamic_patch}..{cfg.max_dynamic_patch} tiles, thumbnail {cfg.use_thumbnail}")]
