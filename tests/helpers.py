@@ -18,6 +18,16 @@ from PIL import Image
 KEY = "sekret"
 
 
+def internvl_encoder(tokenizer, tokens_per_tile=256):
+    """InternVL3's prompt encoder over a tokenizer, with the ids the tokenizer gives its control tokens."""
+    from edgevlm.models import internvl3
+    from edgevlm.prompt import PromptEncoder
+    from edgevlm.tokenizer import control_ids
+
+    fmt = internvl3.prompt_format(internvl3.PRESETS["tiny"])
+    return PromptEncoder(tokenizer, fmt, control_ids(tokenizer, fmt.controls), tokens_per_tile)
+
+
 def run_edgevlm(*args: str, stdin: str | bytes | None = None, env: dict | None = None):
     """`python -m edgevlm ARGS` in a child process; the CompletedProcess (text mode unless stdin is bytes)."""
     text = not isinstance(stdin, bytes)

@@ -207,3 +207,23 @@ def test_bad_shard_index_is_one_line(ckpt):
     assert_one_line_error(run_edgevlm("info", ckpt), "not a file of the checkpoint folder")
     (ckpt / "model.safetensors.index.json").write_text("[1, 2]")
     assert_one_line_error(run_edgevlm("info", ckpt), "not a valid index")
+
+
+@pytest.mark.parametrize(("naming", "key", "value", "words"),
+                         [("original", "template", "vicuna_v1", "template 'vicuna_v1' is not supported"),
+                          ("hf", "image_token_id", 7, "image_token_id 7 is not the tokenizer's <IMG_CONTEXT>")])
+def test_a_config_the_family_cannot_run_is_refused_at_convert(tiny_ckpt, tmp_path, naming, key, value, words):
+    ckpt = tmp_path / "ck"
+    shutil.copytree(tiny_ckpt[naming], ckpt)
+    raw = json.loads((ckpt / "config.json").read_text())
+    raw[key] = value
+    (ckpt / "config.json").write_text(json.dumps(raw))
+    assert_one_line_error(run_edgevlm("convert", ckpt, tmp_path / "out"), words)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tokenizer_without_the_image_token_is_refused_at_convert(ckpt, tmp_path):
+    tok = json.loads((ckpt / "tokenizer.json").read_text())
+    tok["added_tokens"] = [t for t in tok["added_tokens"] if t["content"] != "<IMG_CONTEXT>"]
+    (ckpt / "tokenizer.json").write_text(json.dumps(tok))
+    assert_one_line_error(run_edgevlm("convert", ckpt, tmp_path / "out"), "no <IMG_CONTEXT> token")

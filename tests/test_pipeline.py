@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import edgevlm
-from edgevlm.bundle import BundleError, open_bundle
+from edgevlm.bundle import FORMAT_VERSION, BundleError, open_bundle
 from edgevlm.convert import ConvertError, ConvertOptions, convert
 from edgevlm.testing.reference import original_prompt, processor
 
@@ -152,7 +152,7 @@ def test_bundle_damage_is_detected(bundles, tmp_path):
         open_bundle(b)
     data.write_bytes(bytes(raw))
     (b / "vision.onnx").unlink()
-    (b / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    (b / "manifest.json").write_text(json.dumps({**manifest, "format_version": FORMAT_VERSION}))
     with pytest.raises(BundleError, match="vision.onnx is missing"):
         open_bundle(b)
 
@@ -172,7 +172,7 @@ def test_convert_refuses_bad_options_and_leaves_nothing(tiny_ckpt, tmp_path):
     [(["chat", "-m", "{bundle}", "-i", "{missing}", "-p", "hi"], "no such file"),
      (["chat", "-m", "{bundle}", "-i", "{corrupt}", "-p", "hi"], "not an image"),
      (["chat", "-m", "{broken}", "-p", "hi"], "no manifest.json"),
-     (["chat", "-m", "{bundle}", "--max-tiles", "40", "-p", "hi"], "invalid choice"),
+     (["chat", "-m", "{bundle}", "--max-tiles", "0", "-p", "hi"], "--max-tiles must be >= 1"),
      (["chat", "-m", "{bundle}", "--temperature", "hot", "-p", "hi"], "must be a number"),
      (["convert", "{ckpt}", "{out}", "--llm", "int3"], "invalid choice"),
      (["verify", "{broken}"], "no manifest.json")],

@@ -3,9 +3,11 @@ import pytest
 from PIL import Image
 
 from edgevlm.image import tile_image
-from edgevlm.prompt import DEFAULT_SYSTEM_INTERNVL, PromptEncoder, Turn
+from edgevlm.models.internvl3 import DEFAULT_SYSTEM as DEFAULT_SYSTEM_INTERNVL
+from edgevlm.prompt import Turn
 from edgevlm.testing.reference import original_prompt, processor
 from edgevlm.testing.vocab import fixture_tokenizer
+from helpers import internvl_encoder
 
 IMG_CONTEXT = 151667
 
@@ -17,7 +19,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def enc(tok):
-    return PromptEncoder(tok)
+    return internvl_encoder(tok)
 
 
 @pytest.fixture(scope="module")

@@ -72,7 +72,8 @@ def test_multimodal_run_streams_whole_characters(model, stub):
     images = np.arange(2 * 3 * 8, dtype=np.float32).reshape(2, 3, 8) / 10  # 2 images, 3 tokens, dim 8
     pieces = []
     perf = model.run("Image-1: <image>\nImage-2: <image>\nDescribe.", lambda t, i: pieces.append(t), images=images,
-                     image_size=(448, 448), keep_history=True, max_new_tokens=33)  # fmt: skip
+                     image_size=(448, 448), image_tokens=("<img>", "</img>", "<IMG_CONTEXT>"), keep_history=True,
+                     max_new_tokens=33)  # fmt: skip
     assert "".join(pieces) == "Hello 你好! more more more"
     assert all("\ufffd" not in p for p in pieces)
     assert stub.stub_num(b"input_type") == rkllm.INPUT_MULTIMODAL
@@ -140,13 +141,13 @@ def test_board_session_drives_rkllm_per_turn(model, stub):
     from PIL import Image
 
     from edgevlm.image import Tiling
-    from edgevlm.prompt import PromptEncoder
     from edgevlm.rk3588.board import BoardSession, defuse
     from edgevlm.rk3588.rknn_lite import RknnVisionEncoder
     from edgevlm.testing.vocab import fixture_tokenizer
+    from helpers import internvl_encoder
 
     runtime = FakeRknn()
-    session = BoardSession(PromptEncoder(fixture_tokenizer()[0]), RknnVisionEncoder(runtime, 256, 8), model,
+    session = BoardSession(internvl_encoder(fixture_tokenizer()[0]), RknnVisionEncoder(runtime, 256, 8), model,
                            tiling=Tiling(max_tiles=1))  # fmt: skip
     img = Image.new("RGB", (640, 480), (200, 100, 50))
     answer = "".join(session.ask("What is this <|im_end|>?", [img]))
@@ -154,7 +155,7 @@ def test_board_session_drives_rkllm_per_turn(model, stub):
     assert runtime.calls == [((1, 448, 448, 3), np.uint8, "nhwc")]  # one tile, uint8 NHWC
     sent = stub.stub_str(b"prompt").decode()
     assert sent.startswith("<|im_start|>system\n") and "<|im_start|>user\n<image>\nWhat is this " in sent
-    assert "<|im_end|>?" not in sent and defuse("<|im_end|>") in sent  # typed control text is defused
+    assert "<|im_end|>?" not in sent and defuse("<|im_end|>", ["<|im_end|>"]) in sent  # typed control text is defused
     assert stub.stub_num(b"n_image") == 1 and stub.stub_num(b"n_image_tokens") == 256
     assert stub.stub_num(b"keep_history") == 1
     clears = stub.stub_num(b"clears")
@@ -175,16 +176,16 @@ def test_board_sessions_tile_as_the_manifest_says(model, stub, tiny_ckpt, tmp_pa
 
     from edgevlm.bundle import open_bundle
     from edgevlm.convert import ConvertOptions, convert
-    from edgevlm.prompt import PromptEncoder
     from edgevlm.rk3588.board import BoardModel, BoardSession
     from edgevlm.rk3588.rknn_lite import RknnVisionEncoder
     from edgevlm.testing.vocab import fixture_tokenizer
+    from helpers import internvl_encoder
 
     convert(tiny_ckpt["hf"], tmp_path / "b", ConvertOptions(), log=lambda m: None)
     m = open_bundle(tmp_path / "b")
     m = replace(m, min_tiles=2, max_tiles=6, model=replace(m.model, use_thumbnail=False))
     runtime = FakeRknn()
-    board = BoardModel.from_parts(m, BoardSession(PromptEncoder(fixture_tokenizer()[0]),
+    board = BoardModel.from_parts(m, BoardSession(internvl_encoder(fixture_tokenizer()[0]),
                                                   RknnVisionEncoder(runtime, 256, 8), model))  # fmt: skip
     img = Image.new("RGB", (100, 100), (1, 2, 3))  # square: one tile alone, unless min_tiles says more
     "".join(board.session().ask("What?", [img]))
@@ -205,15 +206,15 @@ def test_server_runs_on_the_board_backend(model, stub, tiny_ckpt, tmp_path):
 
     from edgevlm.bundle import open_bundle
     from edgevlm.convert import ConvertOptions, convert
-    from edgevlm.prompt import PromptEncoder
     from edgevlm.rk3588.board import BoardModel, BoardSession
     from edgevlm.rk3588.rknn_lite import RknnVisionEncoder
     from edgevlm.server.app import create_app
     from edgevlm.server.settings import ServerSettings
     from edgevlm.testing.vocab import fixture_tokenizer
+    from helpers import internvl_encoder
 
     convert(tiny_ckpt["hf"], tmp_path / "b", ConvertOptions(max_tiles=1), log=lambda m: None)
-    session = BoardSession(PromptEncoder(fixture_tokenizer()[0]), RknnVisionEncoder(FakeRknn(), 256, 8), model)
+    session = BoardSession(internvl_encoder(fixture_tokenizer()[0]), RknnVisionEncoder(FakeRknn(), 256, 8), model)
     board = BoardModel.from_parts(open_bundle(tmp_path / "b"), session)
     client = TestClient(create_app(ServerSettings(model=tmp_path / "b"), model=board), base_url="http://127.0.0.1")
     buf = io.BytesIO()

@@ -157,10 +157,10 @@ def test_huge_text_is_refused_at_once_and_nothing_stalls(server):
 
 
 def test_default_max_tokens_fits_the_room_left(small_bundle):
-    from edgevlm.prompt import PromptEncoder, Turn
-    from edgevlm.tokenizer import load_tokenizer
+    import edgevlm
+    from edgevlm.prompt import Turn
 
-    encode = PromptEncoder(load_tokenizer(small_bundle)).encode
+    encode = edgevlm.load(small_bundle).prompt.encode
     n = 100
     while len(encode([Turn(" ".join(["word"] * n))])) < 1024 - 300:  # 512 default answer tokens cannot fit
         n += 50

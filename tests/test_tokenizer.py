@@ -2,8 +2,16 @@ import json
 
 import pytest
 
-from edgevlm.testing.vocab import VocabUnavailable, qwen2_tokenizer, reference_cases, tiny_tokenizer, vocab_files
-from edgevlm.tokenizer import ADDED_TOKENS, FIRST_ADDED_ID, TokenizerError, build_qwen2_tokenizer, load_tokenizer
+from edgevlm.models.internvl3 import ADDED_TOKENS
+from edgevlm.testing.vocab import (
+    QWEN2_BPE_SIZE,
+    VocabUnavailable,
+    qwen2_tokenizer,
+    reference_cases,
+    tiny_tokenizer,
+    vocab_files,
+)
+from edgevlm.tokenizer import TokenizerError, control_ids, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +39,7 @@ def test_special_tokens_sit_at_internvl_ids(make, request):
              "<img>": 151665, "</img>": 151666, "<IMG_CONTEXT>": 151667, "</box>": 151673}  # fmt: skip
     for content, i in fixed.items():
         assert tok.token_to_id(content) == i
-    assert len(ADDED_TOKENS) == 151674 - FIRST_ADDED_ID
+    assert len(ADDED_TOKENS) == 151674 - QWEN2_BPE_SIZE
 
 
 def test_vocab_json_and_merges_give_the_same_tokenizer(qwen2, tmp_path):
@@ -40,16 +48,19 @@ def test_vocab_json_and_merges_give_the_same_tokenizer(qwen2, tmp_path):
     (tmp_path / "vocab.json").write_text(json.dumps(model["vocab"]), encoding="utf-8")
     merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
     (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    again = load_tokenizer(tmp_path)
-    text = "Hello world! 你好 <|im_start|> 1234"
-    assert again.encode(text).ids == tok.encode(text).ids
+    text = "Hello world! 你好 <|im_start|> 1234 <IMG_CONTEXT>"
+    assert load_tokenizer(tmp_path, ADDED_TOKENS).encode(text).ids == tok.encode(text).ids  # the family's list
+    table = {str(i): {"content": t.content, "special": t.special} for i, t in tok.get_added_tokens_decoder().items()}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": table}))
+    assert load_tokenizer(tmp_path).encode(text).ids == tok.encode(text).ids  # the checkpoint's own list
 
 
-def test_wrong_vocabulary_size_and_ids_are_errors(tmp_path):
-    with pytest.raises(TokenizerError, match="entries"):
-        build_qwen2_tokenizer({"a": 0}, [])
+def test_missing_files_and_tokens_are_errors(tmp_path):
     with pytest.raises(TokenizerError, match="no tokenizer.json"):
         load_tokenizer(tmp_path)
+    with pytest.raises(TokenizerError, match="has no <video_pad> token"):
+        control_ids(tiny_tokenizer(), ["<img>", "<video_pad>"])
+    assert control_ids(tiny_tokenizer(), ["<img>", "<IMG_CONTEXT>"]) == {"<img>": 151665, "<IMG_CONTEXT>": 151667}
 
 
 def test_offline_falls_back_to_the_tiny_tokenizer(monkeypatch):
@@ -62,4 +73,4 @@ def test_offline_falls_back_to_the_tiny_tokenizer(monkeypatch):
     tok, note = vocab.fixture_tokenizer()
     assert tok is tiny_tokenizer() and "no registry" in note
     ids = tok.encode("Describe the image.").ids
-    assert ids and max(ids) < FIRST_ADDED_ID and tok.decode(ids) == "Describe the image."
+    assert ids and max(ids) < QWEN2_BPE_SIZE and tok.decode(ids) == "Describe the image."

@@ -99,12 +99,12 @@ def _question(tokenizer_encode: Any, n: int) -> str:
     return text
 
 
-def _picture(opts: BenchOptions) -> Image.Image:
+def _picture(opts: BenchOptions, tile: int) -> Image.Image:
     if opts.image:
         return Image.open(opts.image)
-    # A strip of exactly `tiles` tiles (plus InternVL's thumbnail when more than one).
+    # A strip of exactly `tiles` tiles of the model's size (plus a thumbnail when more than one).
     rng = np.random.default_rng(0)
-    return Image.fromarray(rng.integers(0, 256, (448, 448 * opts.tiles, 3), dtype=np.uint8))
+    return Image.fromarray(rng.integers(0, 256, (tile, tile * opts.tiles, 3), dtype=np.uint8))
 
 
 def _timed_load(opts: BenchOptions) -> tuple[Any, float, float, float]:
@@ -124,14 +124,14 @@ def _bundle_files(folder: Path) -> list[Path]:
 
 def run_once(opts: BenchOptions) -> dict[str, float]:
     """A cold load, one answer, then a warm load: the raw figures of one run (call in a fresh process)."""
-    from .model import VLM, Prepared, TurnStats
+    from .model import VLM, Prepared, TurnStats, tiling_of
     from .prompt import Turn
 
     dropped = drop_page_cache(_bundle_files(opts.bundle))
     model, cold, llm_cold, vis_cold = _timed_load(opts)
     question = _question(model.prompt.encode_text, opts.prompt_tokens)
     params = SamplingParams(max_tokens=opts.gen_tokens, stop_ids=(-1,))  # never stops early (on the CPU)
-    image = model.encode_image(_picture(opts), max_tiles=opts.tiles)
+    image = model.encode_image(_picture(opts, tiling_of(model.manifest).tile), max_tiles=opts.tiles)
     turns = [Turn(question, (image.tiles.count,))]
     s = TurnStats()
     for _ in model.answer(Prepared(turns, None, model.prompt.encode(turns), [image]), params, s):
@@ -169,13 +169,16 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def bench(opts: BenchOptions) -> dict[str, Any]:
+    from .model import tiling_of
+
     manifest = open_bundle(opts.bundle)
     _run_in_child(opts)  # warm-up: first-time caches (optimised graphs) are built here
     samples = [_run_in_child(opts) for _ in range(opts.runs)]
     result: dict[str, Any] = {k: _summary([s[k] for s in samples]) for k in KEYS + EXTRA if k in samples[0]}
     result.update(
         bundle=str(opts.bundle), llm=manifest.parts["llm"].precision, vision=manifest.parts["vision"].precision,
-        tiles=int(samples[0]["tiles"]), prompt_tokens=int(samples[0]["prefill_tokens"]), gen_tokens=opts.gen_tokens,
+        tiles=int(samples[0]["tiles"]), tile_px=tiling_of(manifest).tile,
+        prompt_tokens=int(samples[0]["prefill_tokens"]), gen_tokens=opts.gen_tokens,
         question_tokens=opts.prompt_tokens, threads=opts.threads or default_threads(), runs=opts.runs,
         page_cache_dropped=bool(samples[0]["page_cache_dropped"]), board_demo=BOARD_DEMO, samples=samples,
     )  # fmt: skip
@@ -191,7 +194,7 @@ def format_table(r: dict[str, Any]) -> str:
     b = r["board_demo"]
     ours = (f"| edgevlm ({r['llm']} + {r['vision']} vision, {r['threads']} threads) | "
             f"{r['peak_rss_mb']['median'] / 1024:.2f} | {m('llm_load_cold_s')} | {m('llm_load_warm_s')} | "
-            f"{m('vision_load_cold_s')} | {m('vision_load_warm_s')} | {r['tiles']} x 448x448 tiles | "
+            f"{m('vision_load_cold_s')} | {m('vision_load_warm_s')} | {r['tiles']} x {r['tile_px']} px tiles | "
             f"{m('decode_tok_s', '{:.1f}')} |")  # fmt: skip
     board = (f"| board demo (RK3588 NPU, published) | {b['ram_gb']} | {b['llm_cold_s']} | {b['llm_warm_s']} | "
              f"{b['vlm_cold_s']} | {b['vlm_warm_s']} | {b['resolution']} | {b['tokens_s']} |")  # fmt: skip

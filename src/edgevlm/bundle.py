@@ -18,7 +18,7 @@ from . import __version__, models
 from .config import ConfigError
 
 FORMAT = "edgevlm-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: family and control-token ids recorded
 MANIFEST = "manifest.json"
 # Files up to this size (graphs, tokenizer, scales) are checked against their sha256 at every load, so a
 # damaged one is named instead of failing inside ONNX Runtime; the large weight files only by `verify`.
@@ -46,6 +46,7 @@ class Manifest:
     context_length: int
     max_tiles: int
     min_tiles: int = 1
+    tokens: dict[str, int] = field(default_factory=dict)  # control token -> id, from the tokenizer
     source: dict[str, Any] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"size", "sha256"}
     format_version: int = FORMAT_VERSION
@@ -59,13 +60,7 @@ class Manifest:
             "source": self.source,
             "family": m.family,
             "model": dataclasses.asdict(m),
-            "tokens": {
-                "image_context": m.image_token_id,
-                "image_start": 151665,
-                "image_end": 151666,
-                "im_start": 151644,
-                "im_end": 151645,
-            },
+            "tokens": self.tokens,
             "template": m.template,
             "tiling": {
                 "tile_size": m.vision.image_size,
@@ -91,14 +86,18 @@ class Manifest:
                 f"bundle format version {version} is newer than this edgevlm supports ({FORMAT_VERSION}); "
                 "upgrade edgevlm"
             )
+        if version < FORMAT_VERSION:
+            raise BundleError(f"bundle format version {version} is from an older edgevlm: convert the checkpoint "
+                              "again")  # fmt: skip
         try:
-            model = models.family(d.get("family", "internvl3")).config_from_dict(d["model"])  # v1: InternVL3 only
+            model = models.family(d["family"]).config_from_dict(d["model"])
             manifest = cls(
                 model=model,
                 parts={k: Part(**p) for k, p in d["parts"].items()},
                 context_length=d["context_length"],
                 max_tiles=d["tiling"]["max_tiles"],
                 min_tiles=d["tiling"]["min_tiles"],
+                tokens=d["tokens"],
                 source=d.get("source", {}),
                 files=d["files"],
                 format_version=version,
@@ -114,6 +113,9 @@ class Manifest:
                             ("min_tiles", self.min_tiles)):  # fmt: skip
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise BundleError(f"manifest.json: {name} must be a positive whole number, got {value!r}")
+        if not isinstance(self.tokens, dict) or not all(isinstance(k, str) and isinstance(v, int)
+                                                        and not isinstance(v, bool) for k, v in self.tokens.items()):
+            raise BundleError("manifest.json: 'tokens' must map control tokens to ids")  # fmt: skip
         if self.min_tiles > self.max_tiles:
             raise BundleError(f"manifest.json: min_tiles {self.min_tiles} > max_tiles {self.max_tiles}")
         if not isinstance(self.source, dict):

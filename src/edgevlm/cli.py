@@ -47,7 +47,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--llm", default="w8a8", choices=list(LLM_PRECISIONS), help="language model weights")
     p.add_argument("--vision", default="int8", choices=list(PRECISIONS), help="vision encoder weights")
     p.add_argument("--max-context", type=int, default=4096, help="context window in tokens (default 4096)")
-    p.add_argument("--max-tiles", type=int, default=None, help="most image tiles (1-12; default: the model's)")
+    p.add_argument("--max-tiles", type=_number(int, "--max-tiles", 1), default=None,
+                   help="most image tiles (default and upper limit: the model's)")
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
 
@@ -105,7 +106,8 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=_number(int, "--top-k", 0), default=0, help="0: no limit")
     p.add_argument("--repetition-penalty", type=_number(float, "--repetition-penalty", 0, above=True), default=1.0)
     p.add_argument("--seed", type=_number(int, "--seed", 0, 2**63 - 1), default=None)
-    p.add_argument("--max-tiles", type=int, choices=range(1, 13), metavar="1..12", default=None)
+    p.add_argument("--max-tiles", type=_number(int, "--max-tiles", 1), default=None,
+                   help="most tiles per image (lowers the bundle's limit, never raises it)")
     p.add_argument("--threads", type=_number(int, "--threads", 1), default=None)
     p.add_argument("--stats", action="store_true", help="print timings to stderr")
     p.add_argument(
@@ -140,7 +142,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="measure load, vision, prefill, first token, decode and memory of a bundle")
     p.add_argument("-m", "--model", type=Path, required=True, help="bundle folder")
     p.add_argument("--image", type=Path, help="image to encode (default: a synthetic one of --tiles tiles)")
-    p.add_argument("--tiles", type=int, choices=range(1, 13), metavar="1..12", default=1, help="tiles (default 1)")
+    p.add_argument("--tiles", type=_number(int, "--tiles", 1), default=1, help="tiles (default 1)")
     p.add_argument("--prompt-tokens", type=_number(int, "--prompt-tokens", 1), default=20, help="question tokens")
     p.add_argument("--gen-tokens", type=_number(int, "--gen-tokens", 2), default=64)
     p.add_argument("--runs", type=_number(int, "--runs", 1), default=3)

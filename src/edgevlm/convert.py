@@ -21,7 +21,7 @@ from .embedding import write_embedding
 from .graphs.decoder import LLM_PRECISIONS, DecoderGraphSpec, build_decoder_graph
 from .graphs.vision import PRECISIONS as VISION_PRECISIONS
 from .graphs.vision import VisionGraphSpec, build_vision_graph
-from .tokenizer import load_tokenizer
+from .tokenizer import control_ids, load_tokenizer
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -48,8 +48,8 @@ class ConvertOptions:
             raise ConvertError(f"--vision must be one of {', '.join(VISION_PRECISIONS)}, got {self.vision!r}")
         if not 256 <= self.max_context <= 131072:
             raise ConvertError(f"--max-context must be between 256 and 131072, got {self.max_context}")
-        if self.max_tiles is not None and not 1 <= self.max_tiles <= 12:
-            raise ConvertError(f"--max-tiles must be between 1 and 12, got {self.max_tiles}")
+        if self.max_tiles is not None and self.max_tiles < 1:
+            raise ConvertError(f"--max-tiles must be at least 1, got {self.max_tiles}")
 
 
 def resolve_source(src: str | Path) -> Path:
@@ -89,24 +89,30 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions = ConvertO
     if options.max_context > cfg.text.max_position_embeddings:
         raise ConvertError(f"--max-context {options.max_context} exceeds the model's "
                            f"{cfg.text.max_position_embeddings} positions")  # fmt: skip
-    tokenizer = load_tokenizer(ck.path)
+    if options.max_tiles is not None and options.max_tiles > cfg.max_dynamic_patch:
+        raise ConvertError(f"--max-tiles {options.max_tiles} is above the model's own limit of "
+                           f"{cfg.max_dynamic_patch} tiles")  # fmt: skip
+    tokenizer = load_tokenizer(ck.path, ck.family.ADDED_TOKENS)
+    fmt = ck.family.prompt_format(cfg)
+    tokens = control_ids(tokenizer, fmt.controls)
+    ck.family.check_token_ids(cfg, tokens)
     try:
-        manifest = _write_bundle(ck, tokenizer, src, out, options, log)
+        manifest = _write_bundle(ck, tokenizer, tokens, src, out, options, log)
     except OSError as e:  # a full disk, a read-only folder: the partial bundle is already removed
         raise ConvertError(f"cannot write {out}: {e.strerror or e}") from None
     log(f"wrote {out} ({sum(f['size'] for f in manifest.files.values()) / 2**20:.0f} MB)")
     return manifest
 
 
-def _write_bundle(ck: Checkpoint, tokenizer: Tokenizer, src: str | Path, out: Path, options: ConvertOptions,
-                  log: Callable[[str], None]) -> Manifest:  # fmt: skip
+def _write_bundle(ck: Checkpoint, tokenizer: Tokenizer, tokens: dict[str, int], src: str | Path, out: Path,
+                  options: ConvertOptions, log: Callable[[str], None]) -> Manifest:  # fmt: skip
     cfg = ck.config
     with atomic_dir(out, replace=options.force) as tmp:
         done = _step(log, 1, 4, f"vision encoder ({options.vision})")
         build_vision_graph(ck.get, cfg, tmp / "vision.onnx", VisionGraphSpec(options.vision))
         done()
         done = _step(log, 2, 4, f"language model ({options.llm})")
-        spec = DecoderGraphSpec(options.llm, max_context=options.max_context)
+        spec = DecoderGraphSpec(options.llm)
         build_decoder_graph(ck.get, cfg, tmp / "llm.onnx", spec)
         done()
         done = _step(log, 3, 4, "embedding table")
@@ -127,6 +133,7 @@ def _write_bundle(ck: Checkpoint, tokenizer: Tokenizer, src: str | Path, out: Pa
             context_length=options.max_context,
             max_tiles=max_tiles,
             min_tiles=min(cfg.min_dynamic_patch, max_tiles),
+            tokens=tokens,
             source={"path": str(src), "model": cfg.label},
         )
         manifest = write_manifest(tmp, manifest)

@@ -1,8 +1,9 @@
 """Image loading and InternVL's dynamic tiling.
 
-An image becomes 1 to 12 tiles of 448 px chosen by aspect ratio, plus a 448 px thumbnail of the
-whole image when there is more than one tile, normalised with ImageNet mean and std: exactly the
-preprocessing InternVL3 was trained with (transformers' GotOcr2 processor with crop_to_patches).
+An image becomes min..max tiles (1..12 for InternVL3) of the model's tile size (448 px) chosen by
+aspect ratio, plus a thumbnail of the whole image when there is more than one tile, normalised with
+the model's mean and std (ImageNet's for InternVL3): exactly the preprocessing InternVL was trained
+with (transformers' GotOcr2 processor with crop_to_patches). Every figure comes from the bundle.
 
 Unlike the reference, EXIF orientation is applied, so phone photos are seen upright.
 """
@@ -17,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .imagenet import IMAGENET_MEAN, IMAGENET_STD
+from . import imagenet
 
-TILE = 448
+TILE = 448  # InternVL3's, the default of the functions below; a bundle says its own
 MAX_TILES = 12
 DEFAULT_MAX_PIXELS = 64_000_000  # a 64 MP photo is ~200 MB as RGB; above that is likely a bomb
 
@@ -32,7 +33,7 @@ class ImageError(ValueError):
 
 @dataclass(frozen=True)
 class Tiles:
-    """The tiles of one image: pixels [N,3,448,448] float32 (thumbnail last) and the grid."""
+    """The tiles of one image: pixels [N,3,tile,tile] float32 (thumbnail last) and the grid."""
 
     pixels: np.ndarray
     grid: tuple[int, int]  # (columns, rows)
@@ -112,40 +113,37 @@ def choose_grid(
     return best
 
 
-def normalize(img: Image.Image) -> np.ndarray:
-    """RGB image -> float32 [3,H,W], scaled to [0,1] and ImageNet-normalised."""
+Norm = tuple[tuple[float, float, float], tuple[float, float, float]]  # per-channel mean and std
+IMAGENET: Norm = (imagenet.MEAN, imagenet.STD)
+
+
+def normalize(img: Image.Image, norm: Norm = IMAGENET) -> np.ndarray:
+    """RGB image -> float32 [3,H,W], scaled to [0,1] and normalised with `norm`'s mean and std."""
     arr = np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
-    return ((arr - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
+    mean, std = (np.asarray(v, dtype=np.float32) for v in norm)
+    return ((arr - mean) / std).transpose(2, 0, 1)
 
 
 def _check_counts(min_tiles: int, max_tiles: int) -> None:
-    if not 1 <= max_tiles <= MAX_TILES:
-        raise ValueError(f"max_tiles must be between 1 and {MAX_TILES}, got {max_tiles}")
+    if max_tiles < 1:
+        raise ValueError(f"max_tiles must be at least 1, got {max_tiles}")
     if not 1 <= min_tiles <= max_tiles:
         raise ValueError(f"min_tiles must be between 1 and max_tiles ({max_tiles}), got {min_tiles}")
 
 
 def tile_image(img: Image.Image, *, min_tiles: int = 1, max_tiles: int = MAX_TILES, use_thumbnail: bool = True,
-               tile: int = TILE) -> Tiles:  # fmt: skip
+               tile: int = TILE, norm: Norm = IMAGENET) -> Tiles:  # fmt: skip
     """Split an RGB image into InternVL's dynamic tiles (row-major), thumbnail last."""
     _check_counts(min_tiles, max_tiles)
     width, height = img.size
     if max_tiles == 1:  # the reference skips the grid search: one resized tile
-        return Tiles(normalize(img.resize((tile, tile), Image.BICUBIC))[None], (1, 1), img.size)
+        return Tiles(normalize(img.resize((tile, tile), Image.BICUBIC), norm)[None], (1, 1), img.size)
     cols, rows = choose_grid(width, height, min_tiles=min_tiles, max_tiles=max_tiles, tile=tile)
-    canvas = normalize(img.resize((cols * tile, rows * tile), Image.BICUBIC))
+    canvas = normalize(img.resize((cols * tile, rows * tile), Image.BICUBIC), norm)
     tiles = canvas.reshape(3, rows, tile, cols, tile).transpose(1, 3, 0, 2, 4).reshape(rows * cols, 3, tile, tile)
     if use_thumbnail and rows * cols > 1:
-        tiles = np.concatenate([tiles, normalize(img.resize((tile, tile), Image.BICUBIC))[None]])
+        tiles = np.concatenate([tiles, normalize(img.resize((tile, tile), Image.BICUBIC), norm)[None]])
     return Tiles(np.ascontiguousarray(tiles), (cols, rows), img.size)
-
-
-def load_tiles(source: ImageSource, *, min_tiles: int = 1, max_tiles: int = MAX_TILES, use_thumbnail: bool = True,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> Tiles:  # fmt: skip
-    """Load an image and tile it: the one entry point from a file, bytes or PIL image to pixels."""
-    _check_counts(min_tiles, max_tiles)
-    return tile_image(load_image(source, max_pixels=max_pixels), min_tiles=min_tiles, max_tiles=max_tiles,
-                      use_thumbnail=use_thumbnail)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -155,13 +153,26 @@ class Tiling:
     min_tiles: int = 1
     max_tiles: int = MAX_TILES
     use_thumbnail: bool = True
+    tile: int = TILE  # pixels per side of a tile
+    norm: Norm = IMAGENET
+
+    def __post_init__(self) -> None:
+        _check_counts(self.min_tiles, self.max_tiles)
 
     def capped(self, max_tiles: int | None) -> Tiling:
-        """At most `max_tiles` tiles (None: the model's own limit)."""
-        if not max_tiles:
+        """At most `max_tiles` tiles (None: the model's own limit); it never raises the model's limit."""
+        if not max_tiles or max_tiles >= self.max_tiles:
             return self
         return replace(self, min_tiles=min(self.min_tiles, max_tiles), max_tiles=max_tiles)
 
     def load(self, source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tiles:
-        return load_tiles(source, min_tiles=self.min_tiles, max_tiles=self.max_tiles,
-                          use_thumbnail=self.use_thumbnail, max_pixels=max_pixels)  # fmt: skip
+        """Load an image and tile it: the one entry point from a file, bytes or PIL image to pixels."""
+        return tile_image(load_image(source, max_pixels=max_pixels), min_tiles=self.min_tiles,
+                          max_tiles=self.max_tiles, use_thumbnail=self.use_thumbnail, tile=self.tile,
+                          norm=self.norm)  # fmt: skip
+
+
+def load_tiles(source: ImageSource, *, min_tiles: int = 1, max_tiles: int = MAX_TILES, use_thumbnail: bool = True,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Tiles:  # fmt: skip
+    """InternVL3's tiling of an image (448 px tiles, ImageNet normalisation)."""
+    return Tiling(min_tiles, max_tiles, use_thumbnail).load(source, max_pixels=max_pixels)

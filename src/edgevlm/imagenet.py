@@ -2,5 +2,6 @@
 
 import numpy as np
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_MEAN = np.array(MEAN, dtype=np.float32)
+IMAGENET_STD = np.array(STD, dtype=np.float32)

@@ -18,6 +18,7 @@ from typing import TypeVar
 import numpy as np
 from tokenizers import Tokenizer
 
+from . import models
 from .bundle import BundleError, Manifest, open_bundle
 from .embedding import EmbeddingTable
 from .image import DEFAULT_MAX_PIXELS, ImageSource, Tiles, Tiling
@@ -27,6 +28,7 @@ from .runtime.generate import GenerationStats, StreamChunk, stream_generate
 from .runtime.sampling import SamplingParams
 from .runtime.vision import OrtVisionEncoder
 from .session import ChatSession
+from .tokenizer import check_ids
 
 T = TypeVar("T")
 
@@ -53,9 +55,16 @@ def load_part(name: str, loader: Callable[[], T]) -> T:
                           "`edgevlm verify` checks every file") from None  # fmt: skip
 
 
+def prompt_encoder(manifest: Manifest, tokenizer: Tokenizer) -> PromptEncoder:
+    """The bundle's prompt format over its tokenizer, with the control-token ids its manifest recorded."""
+    check_ids(manifest.tokens, tokenizer)
+    fmt = models.family(manifest.model.family).prompt_format(manifest.model)
+    return PromptEncoder(tokenizer, fmt, manifest.tokens, manifest.model.tokens_per_tile)
+
+
 def tiling_of(manifest: Manifest) -> Tiling:
-    """The tiling a bundle's model was trained with."""
-    return Tiling(manifest.min_tiles, manifest.max_tiles, manifest.model.use_thumbnail)
+    """The tiling a bundle's model was trained with (its tile limits as converted)."""
+    return models.family(manifest.model.family).tiling(manifest.model, manifest.min_tiles, manifest.max_tiles)
 
 
 def encode_image(manifest: Manifest, source: ImageSource, *, max_tiles: int | None = None,
@@ -115,8 +124,7 @@ class VLM:
         self.config = m.model
         part = self.folder.joinpath
         self.tokenizer = load_part("tokenizer", lambda: Tokenizer.from_file(str(part(m.parts["tokenizer"].file))))
-        self.prompt = load_part("template", lambda: PromptEncoder(self.tokenizer, m.model.template,
-                                                                  m.model.tokens_per_tile))  # fmt: skip
+        self.prompt = load_part("prompt format", lambda: prompt_encoder(m, self.tokenizer))
         # The LLM first: its load peak (packed and unpacked weights at once) then comes before the vision
         # weights are resident, which measured 130 MB lower than the other order.
         start = time.perf_counter()

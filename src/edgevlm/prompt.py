@@ -11,17 +11,10 @@ exactly as the reference (transformers' tokenizer on the rendered string) does.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tokenizers import Tokenizer
-
-from .tokenizer import ADDED_TOKENS, FIRST_ADDED_ID
-
-DEFAULT_SYSTEM_INTERNVL = (
-    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
-)
-IMG_CONTEXT, IMG_START, IMG_END = "<IMG_CONTEXT>", "<img>", "</img>"
 
 
 def is_text(s: str) -> bool:
@@ -47,18 +40,19 @@ class Template:
     stop: tuple[str, ...]
 
 
-TEMPLATES: dict[str, Template] = {
-    # InternVL's conversation.py "internvl2_5" (MPT separator style), as chat() renders it.
-    "internvl2_5": Template(
-        system=("<|im_start|>system\n", "<|im_end|>"),
-        user=("\n<|im_start|>user\n", "<|im_end|>"),
-        assistant=("\n<|im_start|>assistant\n", "<|im_end|>"),
-        default_system=DEFAULT_SYSTEM_INTERNVL,
-        single_image="{image}\n",
-        multi_image="Image-{k}: {image}\n",
-        stop=("<|im_end|>",),
-    ),
-}
+@dataclass(frozen=True)
+class PromptFormat:
+    """A family's prompt: its template, how an image's feature rows appear in the text, and the control
+    tokens (by name) that template text may contain; their ids come from the tokenizer, never from here."""
+
+    template: Template
+    image_start: str  # before an image's rows, e.g. "<img>"
+    image_token: str  # one per feature row, e.g. "<IMG_CONTEXT>"
+    image_end: str  # after them, e.g. "</img>"
+    controls: tuple[str, ...]  # every control token the template and image text use
+
+    def image_block(self, rows: int) -> str:
+        return self.image_start + self.image_token * rows + self.image_end
 
 
 @dataclass(frozen=True)
@@ -84,22 +78,29 @@ class Parts:
 
 
 class PromptEncoder:
-    """Turns conversations into token ids with a template and a tokenizer."""
+    """Turns conversations into token ids with a family's prompt format and a tokenizer.
 
-    def __init__(self, tokenizer: Tokenizer, template: str | Template = "internvl2_5", tokens_per_tile: int = 256):
-        self.tokenizer = tokenizer
-        self.template = TEMPLATES[template] if isinstance(template, str) else template
+    `control` maps each control token of the format to its id (a bundle's manifest records them);
+    only those strings, and only in template text, become control tokens."""
+
+    def __init__(self, tokenizer: Tokenizer, fmt: PromptFormat, control: Mapping[str, int],
+                 tokens_per_tile: int) -> None:  # fmt: skip
+        missing = [c for c in fmt.controls if c not in control]
+        if missing:
+            raise ValueError(f"no id for the control token(s) {', '.join(missing)}")
+        self.tokenizer, self.format, self.template = tokenizer, fmt, fmt.template
         self.tokens_per_tile = tokens_per_tile
         self._plain = _without_added_tokens(tokenizer)
-        self._control = {t: FIRST_ADDED_ID + i for i, t in enumerate(ADDED_TOKENS)}
-        self._control_re = re.compile("(" + "|".join(re.escape(t) for t in ADDED_TOKENS) + ")")
-        self.image_token_id = self._control[IMG_CONTEXT]
+        self._control = {c: control[c] for c in fmt.controls}
+        self._control_re = re.compile("(" + "|".join(re.escape(c) for c in sorted(fmt.controls, key=len,
+                                                                                  reverse=True)) + ")")  # fmt: skip
+        self.image_token_id = self._control[fmt.image_token]
         self.stop_ids = tuple(self._control[s] for s in self.template.stop)
 
     # -- rendering ---------------------------------------------------------------------------
 
     def _image_block(self, tiles: int) -> str:
-        return IMG_START + IMG_CONTEXT * (self.tokens_per_tile * tiles) + IMG_END
+        return self.format.image_block(self.tokens_per_tile * tiles)
 
     def _render_turn(self, parts: Parts, turn: Turn) -> None:
         t = self.template
@@ -167,9 +168,6 @@ class PromptEncoder:
             parts.template(self.template.assistant[1])
         self._render_turn(parts, turn)
         return self.encode_parts(parts)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
 def _without_added_tokens(tokenizer: Tokenizer) -> Tokenizer:

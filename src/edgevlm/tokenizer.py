@@ -1,12 +1,15 @@
-"""The Qwen2 byte-level BPE tokenizer InternVL3 uses, built with the `tokenizers` library.
+"""A checkpoint's tokenizer as one `tokenizers.Tokenizer`, and its control tokens looked up by name.
 
-A checkpoint ships either tokenizer.json or vocab.json + merges.txt; both end up as one
-`tokenizers.Tokenizer` with InternVL3's added tokens at their fixed ids.
+A checkpoint ships tokenizer.json, or a byte-level BPE as vocab.json + merges.txt (Qwen2's, as
+OpenGVLab's InternVL checkpoints do) with its added tokens listed in tokenizer_config.json. Token ids
+are never assumed: a family names the control tokens its prompt format needs, `control_ids` finds
+them in the tokenizer, and the bundle's manifest records them for the runtime.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
@@ -17,27 +20,15 @@ QWEN2_SPLIT = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
-# Qwen2.5's added tokens (151643-151664) and InternVL's (151665-151673), in id order.
-ADDED_TOKENS: tuple[str, ...] = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>",
-    "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
-    "<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>",
-)  # fmt: skip
-FIRST_ADDED_ID = 151643
-NOT_SPECIAL = {"<tool_call>", "</tool_call>"}
-
 
 class TokenizerError(ValueError):
-    """The tokenizer files are missing or disagree with InternVL3's fixed token ids."""
+    """The tokenizer files are missing, unreadable, or lack a token the model's prompt format needs."""
 
 
-def build_qwen2_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer:
-    """A Qwen2 tokenizer from its BPE vocabulary and merges, plus the added tokens."""
-    if len(vocab) != FIRST_ADDED_ID:
-        raise TokenizerError(f"BPE vocabulary has {len(vocab)} entries, Qwen2 has {FIRST_ADDED_ID}")
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
+def build_qwen2_tokenizer(vocab: dict[str, int], merges: Sequence[tuple[str, str]],
+                          added: Iterable[tuple[str, bool]] = ()) -> Tokenizer:  # fmt: skip
+    """A Qwen2 byte-level BPE tokenizer; `added` (content, special) tokens follow the vocabulary in order."""
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=list(merges), fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -46,40 +37,59 @@ def build_qwen2_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) 
         ]
     )
     tok.decoder = decoders.ByteLevel()
-    add_internvl_tokens(tok)
+    for content, special in added:
+        tok.add_tokens([AddedToken(content, special=special, normalized=False)])
     return tok
 
 
-def add_internvl_tokens(tok: Tokenizer) -> None:
-    """Add the special tokens at their fixed ids; an existing vocabulary must agree."""
-    for offset, content in enumerate(ADDED_TOKENS):
-        want = FIRST_ADDED_ID + offset
-        have = tok.token_to_id(content)
-        if have is None:
-            tok.add_tokens([AddedToken(content, special=content not in NOT_SPECIAL, normalized=False)])
-            have = tok.token_to_id(content)
-        if have != want:
-            raise TokenizerError(f"token {content} has id {have}, InternVL3 expects {want}")
+def _added_from_config(folder: Path, first_id: int) -> list[tuple[str, bool]]:
+    """tokenizer_config.json's added_tokens_decoder as (content, special) in id order from `first_id`."""
+    path = folder / "tokenizer_config.json"
+    if not path.exists():
+        return []
+    table = json.loads(path.read_text(encoding="utf-8")).get("added_tokens_decoder") or {}
+    entries = sorted((int(i), t["content"], bool(t.get("special", True))) for i, t in table.items())
+    expected = list(range(first_id, first_id + len(entries)))
+    if [i for i, _, _ in entries] != expected:
+        raise TokenizerError(f"{path}: added tokens must follow the vocabulary at ids {first_id}.. in order")
+    return [(content, special) for _, content, special in entries]
 
 
-def load_tokenizer(folder: str | Path) -> Tokenizer:
-    """The tokenizer of a checkpoint or bundle folder: tokenizer.json, else vocab.json + merges.txt."""
+def load_tokenizer(folder: str | Path, default_added: Sequence[tuple[str, bool]] = ()) -> Tokenizer:
+    """The tokenizer of a checkpoint or bundle folder: tokenizer.json, else vocab.json + merges.txt
+    (added tokens from tokenizer_config.json, else `default_added`, the family's)."""
     folder = Path(folder)
     if (folder / "tokenizer.json").exists():
         try:
-            tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            return Tokenizer.from_file(str(folder / "tokenizer.json"))
         except Exception as e:  # tokenizers raises a bare Exception on a malformed file
             raise TokenizerError(f"{folder / 'tokenizer.json'}: cannot be read ({e})") from None
-        add_internvl_tokens(tok)
-        return tok
     if (folder / "vocab.json").exists() and (folder / "merges.txt").exists():
         try:
             vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
             lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
             merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
-            return build_qwen2_tokenizer(vocab, merges)
+            added = _added_from_config(folder, len(vocab)) or list(default_added)
+            return build_qwen2_tokenizer(vocab, merges, added)  # type: ignore[arg-type]
         except TokenizerError:
             raise
         except Exception as e:  # tokenizers raises bare Exceptions for a bad vocabulary
             raise TokenizerError(f"{folder}: vocab.json/merges.txt cannot be read ({e})") from None
     raise TokenizerError(f"{folder}: no tokenizer.json, nor vocab.json with merges.txt")
+
+
+def control_ids(tokenizer: Tokenizer, names: Iterable[str]) -> dict[str, int]:
+    """The id of each named control token, which must be one of the tokenizer's added tokens."""
+    added = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items()}
+    missing = [n for n in names if n not in added]
+    if missing:
+        raise TokenizerError(f"the tokenizer has no {', '.join(missing)} token (the model's prompt format needs it)")
+    return {n: added[n] for n in names}
+
+
+def check_ids(ids: Mapping[str, int], tokenizer: Tokenizer) -> None:
+    """A bundle's recorded ids must still be its tokenizer's."""
+    found = control_ids(tokenizer, ids)
+    wrong = [f"{n} is {found[n]}, the manifest says {i}" for n, i in ids.items() if found[n] != i]
+    if wrong:
+        raise TokenizerError("the tokenizer disagrees with the manifest: " + "; ".join(wrong))

@@ -1,16 +1,20 @@
-"""The Qwen2 language model as one ONNX graph with a shared-buffer KV cache.
+"""The language model (Qwen2, Llama) as one ONNX graph with a shared-buffer KV cache.
 
     inputs_embeds [1,S,H]   (token rows and image features, spliced outside the graph)
+    rope_cos, rope_sin [R,D/2]   (rows 0..S-1: this step's tokens, R >= cache length; from any positions)
       └─ layers.i:
            h = RMSNorm(x)                          (fused with the residual add: SkipSimplifiedLayerNorm)
-           qkv = h @ Wqkv + b                      (one packed projection)
-           a = GroupQueryAttention(qkv, cache_i)   (rotary inside; past and present share one buffer)
+           qkv = h @ Wqkv (+ b)                    (one packed projection; the bias where the model has one)
+           a = GroupQueryAttention(qkv, cache_i)   (rotary inside, row j of the tables for the step's token
+                                                    j; past and present share one buffer)
            x = x + a @ Wo;  h = RMSNorm(x)
            x = x + down(silu(gate(h)) * up(h))     (gate and up packed into one projection)
       └─ last position only ─ RMSNorm ─ lm_head ─ logits [1,V]
 
 Weights: `MatMulNBits` 8-bit with int8 activations (accuracy level 4: w8a8, the default), 4-bit
-(w4a8), or plain fp32 MatMul (parity). The token embedding table is not in the graph.
+(w4a8), or plain fp32 MatMul (parity). The token embedding table is not in the graph. The rotary
+tables are inputs, not weights, so positions are the runtime's to choose (runtime/rope.py): the cache
+index for a text model, 3-D positions for a multimodal rotary scheme.
 """
 
 from __future__ import annotations
@@ -37,19 +41,10 @@ class DecoderGraphSpec:
 
     precision: str = "w8a8"
     block_size: int = 128  # MatMulNBits block: 128 measured 30% faster than 32 for decode here
-    max_context: int = 4096  # rows of the rotary tables, and the cache length the runtime allocates
 
     def __post_init__(self) -> None:
         if self.precision not in LLM_PRECISIONS:
             raise ValueError(f"llm precision must be one of {sorted(LLM_PRECISIONS)}, got {self.precision!r}")
-
-
-def rotary_tables(cfg: Any, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin [length, head_dim/2] for Qwen2's (non-interleaved) rotary embedding."""
-    hd = cfg.text.head_dim
-    inv_freq = 1.0 / (cfg.text.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
-    angles = np.outer(np.arange(length, dtype=np.float64), inv_freq)
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
 class _Builder:
@@ -82,9 +77,9 @@ class _Builder:
         w = np.concatenate([self.get(f"{p}.{n}.weight") for n in "qkv"])
         b = np.concatenate([self.get(f"{p}.{n}.bias") for n in "qkv"]) if t.qkv_bias else None
         qkv = self.linear(h, w, b, p + ".qkv", s + "/qkv")
-        seqlens, total, cos, sin = state
+        seqlens, total, cos, sin, steps = state
         out = g.op(
-            "GroupQueryAttention", [qkv, "", "", caches[0], caches[1], seqlens, total, cos, sin], s,
+            "GroupQueryAttention", [qkv, "", "", caches[0], caches[1], seqlens, total, cos, sin, steps], s,
             outputs=3, domain=MS, num_heads=t.num_heads, kv_num_heads=t.num_kv_heads, do_rotary=1,
             rotary_interleaved=0,
         )  # fmt: skip
@@ -109,8 +104,10 @@ def build_decoder_graph(get: Weights, cfg: Any, path: str | Path, spec: DecoderG
     x = g.input("inputs_embeds", TensorProto.FLOAT, [1, "sequence", t.hidden_size])
     seqlens = g.input("seqlens_k", TensorProto.INT32, [1])
     total = g.input("total_sequence_length", TensorProto.INT32, [])
-    cos, sin = rotary_tables(cfg, spec.max_context)
-    state = (seqlens, total, g.weight("llm.rotary.cos", cos), g.weight("llm.rotary.sin", sin))
+    half = t.head_dim // 2
+    cos, sin = (g.input(f"rope_{f}", TensorProto.FLOAT, ["rope_rows", half]) for f in ("cos", "sin"))
+    steps = g.input("position_ids", TensorProto.INT64, [1, "sequence"])  # 0..S-1: the table's rows
+    state = (seqlens, total, cos, sin, steps)
     cache_shape: list[int | str] = [1, t.num_kv_heads, "cache", t.head_dim]
     norm_w = g.weight("llm.layers.0.attn_norm.weight", b.get("llm.layers.0.attn_norm.weight"))
     h = g.op("SimplifiedLayerNormalization", [x, norm_w], "/llm/layers.0/attn_norm", axis=-1,

@@ -1,10 +1,10 @@
 """The InternViT vision encoder + pixel shuffle + projector as one ONNX graph.
 
-    pixel_values [N,3,448,448]
-      └─ patch Conv 14/14 ─ flatten ─ concat cls ─ + pos           [N,1025,D]
+    pixel_values [N,3,T,T]                                         (InternVL3: T 448, patch 14, S 32)
+      └─ patch Conv P/P ─ flatten ─ concat cls ─ + pos              [N,1+S²,D]
       └─ layers.i:  x += ls1 * attn(LN1(x));  x += ls2 * mlp(LN2(x))   (ls folded into proj, fc2)
-      └─ drop cls ─ [N,32,32,D] ─ pixel shuffle v2 (0.5)            [N,256,4D]
-      └─ projector: LN(eps 1e-5) ─ fc1 ─ GELU ─ fc2                 [N,256,H] image_features
+      └─ drop cls ─ [N,S,S,D] ─ pixel shuffle v2 (f = 1/ratio)      [N,(S/f)²,f²D]
+      └─ projector: LN(eps 1e-5) ─ fc1 ─ GELU ─ fc2                 [N,(S/f)²,H] image_features
 
 Precisions: fp32 (parity, and what rknn-toolkit2 turns into fp16 on the NPU), fp16 (weights stored
 in half precision, computed in fp32), int8 (CPU: linear layers as com.microsoft
@@ -127,15 +127,16 @@ class _Builder:
         return g.op("Add", [x, h], s + "/res2")
 
     def pixel_shuffle(self, x: str) -> str:
-        """InternVL's pixel shuffle v2 at scale 0.5: [N,1025,D] ─ drop cls ─ [N,256,4D]."""
-        g, v, s = self.g, self.cfg.vision, "/vision/shuffle"
-        side, half = v.grid, v.grid // 2
+        """InternVL's pixel shuffle v2, f = 1/downsample_ratio (2 for InternVL3): [N,1+S²,D] ─ drop cls ─
+        [N,(S/f)²,f²D], each output row holding an f x f block of patches."""
+        g, v, s, f = self.g, self.cfg.vision, "/vision/shuffle", self.cfg.shuffle
+        side, small = v.grid, v.grid // f
         x = g.op("Slice", [x, g.const("/c/1", [1]), g.const("/c/big", [2**31]), g.const("/c/1", [1])], s)
-        x = g.op("Reshape", [x, g.const("/c/ps1", [0, side, half, 2 * v.hidden_size])], s)
+        x = g.op("Reshape", [x, g.const("/c/ps1", [0, side, small, f * v.hidden_size])], s)
         x = g.op("Transpose", [x], s, perm=[0, 2, 1, 3])
-        x = g.op("Reshape", [x, g.const("/c/ps2", [0, half, half, 4 * v.hidden_size])], s)
+        x = g.op("Reshape", [x, g.const("/c/ps2", [0, small, small, f * f * v.hidden_size])], s)
         x = g.op("Transpose", [x], s, perm=[0, 2, 1, 3])
-        return g.op("Reshape", [x, g.const("/c/ps3", [0, half * half, 4 * v.hidden_size])], s)
+        return g.op("Reshape", [x, g.const("/c/ps3", [0, small * small, f * f * v.hidden_size])], s)
 
     def projector(self, x: str) -> str:
         s = "/projector"
@@ -146,8 +147,6 @@ class _Builder:
 
 def build_vision_graph(get: Weights, cfg: ModelConfig, path: str | Path, spec: VisionGraphSpec) -> Path:
     """Write the vision graph (and its `.data` file) to `path` from canonical weights."""
-    if cfg.downsample_ratio != 0.5 or cfg.vision.grid % 2:
-        raise ValueError(f"pixel shuffle needs scale 0.5 and an even patch grid, got {cfg.downsample_ratio}")
     opset = 17
     g = Graph(path, opset=opset, name="edgevlm_vision")
     if spec.contrib:

@@ -3,8 +3,9 @@
 A family module (like mlx-lm's `models/<arch>.py`, no base class) provides:
     NAME, MODEL_TYPES {model_type: architecture}, PARSERS {architecture: parser}, PRESETS
     ModelConfig                               (frozen dataclass; `.text` is the shared TextConfig)
-    parse_config(raw, architecture), config_from_dict(d)
+    parse_config(raw, architecture, preprocessor), config_from_dict(d), tiling(cfg, min_tiles, max_tiles)
     expected_shapes(cfg), source_names(cfg), stored_name(name, cfg), tolerated_names(cfg), describe(cfg)
+    ADDED_TOKENS (a vocab.json tokenizer's default added tokens), prompt_format(cfg), check_token_ids(cfg, ids)
 Adding a family is one module and one line in FAMILIES.
 """
 
@@ -48,17 +49,19 @@ def detect(raw: Mapping[str, Any]) -> tuple[ModuleType, str]:
                       f"model_type {kind!r:.60}); supported: {', '.join(known)}")  # fmt: skip
 
 
-def parse_config(raw: Mapping[str, Any]) -> Any:
-    """The family's ModelConfig for the object of a config.json."""
+def parse_config(raw: Mapping[str, Any], preprocessor: Mapping[str, Any] | None = None) -> Any:
+    """The family's ModelConfig for the object of a config.json (and of preprocessor_config.json)."""
     module, arch = detect(raw)
-    return module.parse_config(raw, arch)
+    return module.parse_config(raw, arch, preprocessor or {})
 
 
 def load_config(path: str | Path) -> Any:
-    """Read config.json from a checkpoint folder (or the file itself) into its family's ModelConfig."""
+    """Read config.json (and preprocessor_config.json, where there is one) from a checkpoint folder
+    into its family's ModelConfig."""
     raw = read_config_json(path)
+    extra = Path(path) / "preprocessor_config.json"
     try:
-        return parse_config(raw)
+        return parse_config(raw, read_config_json(extra) if extra.is_file() else None)
     except ConfigError as e:
         file = Path(path) / "config.json" if Path(path).is_dir() else Path(path)
         raise ConfigError(str(e) if str(e).startswith("config.json") else f"{file}: {e}") from None

@@ -8,11 +8,14 @@ to one canonical naming through TABLE.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from ..config import ConfigError, TextConfig, divides, get_key, scalar, section, text_config, validate
+from ..image import IMAGENET, Tiling
+from ..prompt import PromptFormat, Template
 
 NAME = "internvl3"
 
@@ -70,29 +73,43 @@ class ModelConfig:
     max_dynamic_patch: int = 12
     use_thumbnail: bool = True
     ps_version: str = "v2"
+    image_mean: tuple[float, float, float] = IMAGENET[0]
+    image_std: tuple[float, float, float] = IMAGENET[1]
 
     def __post_init__(self) -> None:
         validate(self, "")
-        if self.downsample_ratio > 1 or (self.vision.grid * self.downsample_ratio) % 1:
+        inverse = 1 / self.downsample_ratio
+        if self.downsample_ratio > 1 or abs(inverse - round(inverse)) > 1e-6 or self.vision.grid % round(inverse):
             raise ConfigError(f"downsample_ratio {self.downsample_ratio} does not divide the {self.vision.grid} "
-                              "patches per side of a tile")  # fmt: skip
+                              "patches per side of a tile into whole groups")  # fmt: skip
         if self.min_dynamic_patch > self.max_dynamic_patch:
             raise ConfigError(f"min_dynamic_patch {self.min_dynamic_patch} > max_dynamic_patch "
                               f"{self.max_dynamic_patch}")  # fmt: skip
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            if not (isinstance(value, tuple) and len(value) == 3 and all(_finite(x) for x in value)):
+                raise ConfigError(f"{name} must be three numbers, got {value!r}")
+        if min(self.image_std) <= 0:
+            raise ConfigError(f"image_std must be positive, got {self.image_std}")
         if self.image_token_id is not None and (isinstance(self.image_token_id, bool)
                                                 or not isinstance(self.image_token_id, int) or self.image_token_id < 0):
             raise ConfigError(f"image_token_id must be a token id, got {self.image_token_id!r}")
 
     @property
+    def shuffle(self) -> int:
+        """Patches merged per side by the pixel shuffle (2 for InternVL3's downsample ratio 0.5)."""
+        return round(1 / self.downsample_ratio)
+
+    @property
     def tokens_per_tile(self) -> int:
         """Image tokens one tile becomes after pixel shuffle (256 for InternVL3's 448 px tiles)."""
-        side = int(self.vision.grid * self.downsample_ratio)
+        side = self.vision.grid // self.shuffle
         return side * side
 
     @property
     def projector_in(self) -> int:
         """Channels after pixel shuffle: hidden * (1/ratio)^2."""
-        return int(self.vision.hidden_size * round(1 / self.downsample_ratio) ** 2)
+        return self.vision.hidden_size * self.shuffle**2
 
     @property
     def label(self) -> str:
@@ -124,7 +141,28 @@ def _vision_config(v: Mapping[str, Any], where: str, select_layer: int, *, bias_
     )
 
 
-def _parse_original(raw: Mapping[str, Any]) -> ModelConfig:
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _processing(pre: Mapping[str, Any], image_size: int) -> dict[str, Any]:
+    """What preprocessor_config.json (GotOcr2's keys) says of tiling and normalisation."""
+    out: dict[str, Any] = {}
+    for key, name in (("image_mean", "image_mean"), ("image_std", "image_std")):
+        if key in pre:
+            value = pre[key]
+            out[name] = tuple(value) if isinstance(value, list) else value
+    for key, name in (("min_patches", "min_dynamic_patch"), ("max_patches", "max_dynamic_patch")):
+        if key in pre:
+            out[name] = pre[key]
+    size = pre.get("size") or {}
+    side = size.get("height", size.get("shortest_edge")) if isinstance(size, Mapping) else size
+    if side is not None and side != image_size:
+        raise ConfigError(f"preprocessor_config.json: size {side} differs from the encoder's image_size {image_size}")
+    return out
+
+
+def _parse_original(raw: Mapping[str, Any], pre: Mapping[str, Any]) -> ModelConfig:
     vision = _vision_config(
         section(raw, "vision_config", ""), "vision_config.", raw.get("select_layer", -1), bias_key="qkv_bias"
     )
@@ -144,41 +182,47 @@ def _parse_original(raw: Mapping[str, Any]) -> ModelConfig:
         max_dynamic_patch=raw.get("max_dynamic_patch", 12),
         use_thumbnail=raw.get("use_thumbnail", True),
         ps_version=ps,
+        **{k: v for k, v in _processing(pre, vision.image_size).items() if k.startswith("image_")},
     )
 
 
-def _parse_hf(raw: Mapping[str, Any]) -> ModelConfig:
+def _parse_hf(raw: Mapping[str, Any], pre: Mapping[str, Any]) -> ModelConfig:
     layer = raw.get("vision_feature_layer", -1)
     if not isinstance(layer, int):
         raise ConfigError(f"config.json: vision_feature_layer {layer!r} (several layers) is not supported")
     text = text_config(section(raw, "text_config", ""), "text_config.", qkv_bias=True)
     if "tie_word_embeddings" in raw and "tie_word_embeddings" not in raw["text_config"]:
         text = replace(text, tie_word_embeddings=raw["tie_word_embeddings"])
+    vision = _vision_config(section(raw, "vision_config", ""), "vision_config.", layer, bias_key="attention_bias")
     return ModelConfig(
-        vision=_vision_config(section(raw, "vision_config", ""), "vision_config.", layer, bias_key="attention_bias"),
+        vision=vision,
         text=text,
         naming="hf",
         downsample_ratio=raw.get("downsample_ratio", 0.5),
         image_token_id=raw.get("image_token_id"),
+        **_processing(pre, vision.image_size),
     )
 
 
 # Which reader handles which checkpoint, keyed by its declared architecture (and model_type).
-PARSERS: dict[str, Callable[[Mapping[str, Any]], ModelConfig]] = {
+PARSERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], ModelConfig]] = {
     "InternVLChatModel": _parse_original,
     "InternVLForConditionalGeneration": _parse_hf,
 }
 MODEL_TYPES = {"internvl_chat": "InternVLChatModel", "internvl": "InternVLForConditionalGeneration"}
 
 
-def parse_config(raw: Mapping[str, Any], architecture: str) -> ModelConfig:
-    """A ModelConfig from config.json, read as `architecture` (one of PARSERS) says."""
-    return PARSERS[architecture](raw)
+def parse_config(raw: Mapping[str, Any], architecture: str, preprocessor: Mapping[str, Any]) -> ModelConfig:
+    """A ModelConfig from config.json (and preprocessor_config.json), read as `architecture` says."""
+    return PARSERS[architecture](raw, preprocessor)
 
 
 def config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
     """The ModelConfig a manifest recorded (`dataclasses.asdict` of it)."""
     raw = dict(d)
+    for key in ("image_mean", "image_std"):
+        if isinstance(raw.get(key), list):
+            raw[key] = tuple(raw[key])
     return ModelConfig(vision=VisionConfig(**raw.pop("vision")), text=TextConfig(**raw.pop("text")), **raw)
 
 
@@ -368,3 +412,57 @@ def describe(cfg: ModelConfig) -> list[tuple[str, str]]:
     return [("vision", f"InternViT, {v.num_layers} layers, hidden {v.hidden_size}, {v.num_heads} heads, "
                        f"{v.image_size}px tiles of {cfg.tokens_per_tile} tokens"),
             ("tiling", f"{cfg.min_dynamic_patch}..{cfg.max_dynamic_patch} tiles, thumbnail {cfg.use_thumbnail}")]
+
+
+# --------------------------------------------------------------------------------------------
+# Prompt format
+
+DEFAULT_SYSTEM = (
+    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+)
+TEMPLATES: dict[str, Template] = {
+    # InternVL's conversation.py "internvl2_5" (MPT separator style), as chat() renders it.
+    "internvl2_5": Template(
+        system=("<|im_start|>system\n", "<|im_end|>"),
+        user=("\n<|im_start|>user\n", "<|im_end|>"),
+        assistant=("\n<|im_start|>assistant\n", "<|im_end|>"),
+        default_system=DEFAULT_SYSTEM,
+        single_image="{image}\n",
+        multi_image="Image-{k}: {image}\n",
+        stop=("<|im_end|>",),
+    ),
+}
+IMAGE_TOKENS = ("<img>", "<IMG_CONTEXT>", "</img>")  # start, one per feature row, end
+# Qwen2.5's added tokens and InternVL's after them, in id order: used only for a tokenizer given as
+# vocab.json + merges.txt without a tokenizer_config.json that lists them.
+ADDED_TOKENS: tuple[tuple[str, bool], ...] = tuple((t, t not in ("<tool_call>", "</tool_call>")) for t in (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>",
+    "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+    "<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>",
+))  # fmt: skip
+
+
+def check_token_ids(cfg: ModelConfig, ids: Mapping[str, int]) -> None:
+    """The config's image token id, where it names one, must be the tokenizer's."""
+    found = ids[IMAGE_TOKENS[1]]
+    if cfg.image_token_id is not None and cfg.image_token_id != found:
+        raise ConfigError(f"config.json: image_token_id {cfg.image_token_id} is not the tokenizer's "
+                          f"{IMAGE_TOKENS[1]} ({found})")  # fmt: skip
+
+
+def prompt_format(cfg: ModelConfig) -> PromptFormat:
+    if cfg.template not in TEMPLATES:
+        raise ConfigError(f"config.json: template '{cfg.template}' is not supported (known: {', '.join(TEMPLATES)})")
+    start, token, end = IMAGE_TOKENS
+    return PromptFormat(TEMPLATES[cfg.template], start, token, end, ("<|im_start|>", "<|im_end|>", *IMAGE_TOKENS))
+
+
+# --------------------------------------------------------------------------------------------
+# Image processing
+
+
+def tiling(cfg: ModelConfig, min_tiles: int, max_tiles: int) -> Tiling:
+    """InternVL's dynamic tiling with this model's tile size, normalisation and thumbnail."""
+    return Tiling(min_tiles, max_tiles, cfg.use_thumbnail, cfg.vision.image_size, (cfg.image_mean, cfg.image_std))

@@ -21,11 +21,10 @@ import numpy as np
 
 from ..bundle import Manifest
 from ..image import DEFAULT_MAX_PIXELS, ImageSource, Tiling
-from ..model import EncodedImage, Prepared, TurnStats, encode_image, tiling_of
-from ..prompt import IMG_CONTEXT, IMG_END, IMG_START, PromptEncoder, Turn
+from ..model import EncodedImage, Prepared, TurnStats, encode_image, prompt_encoder, tiling_of
+from ..prompt import PromptEncoder, PromptFormat, Turn
 from ..runtime.generate import GenerationStats, StreamChunk
 from ..runtime.sampling import SamplingParams
-from ..tokenizer import ADDED_TOKENS
 from .rkllm import Perf, RkllmError, RkllmModel
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -36,20 +35,24 @@ class BoardError(ValueError):
 
 
 _ZWSP = "\u200b"  # splits "<|im_end|>" into text that no tokenizer reads as one token
-_CONTROL = re.compile("|".join(re.escape(t) for t in (*ADDED_TOKENS, IMAGE_PLACEHOLDER)))
-_IMAGE_BLOCK = re.compile(re.escape(IMG_START) + f"(?:{re.escape(IMG_CONTEXT)})+" + re.escape(IMG_END))
+def defuse(text: str, controls: Sequence[str]) -> str:
+    """User text with every control-token string broken by a zero-width space after its first character."""
+    pattern = re.compile("|".join(re.escape(t) for t in (*controls, IMAGE_PLACEHOLDER)))
+    return pattern.sub(lambda m: m.group(0)[0] + _ZWSP + m.group(0)[1:], text)
 
 
-def defuse(text: str) -> str:
-    """User text with every control-token string broken by a zero-width space after its '<'."""
-    return _CONTROL.sub(lambda m: m.group(0)[0] + _ZWSP + m.group(0)[1:], text)
+def added_tokens(encoder: PromptEncoder) -> list[str]:
+    """Every added token of the tokenizer: RKLLM tokenises the whole prompt and would read any of them."""
+    return [t.content for t in encoder.tokenizer.get_added_tokens_decoder().values()]
 
 
 def rkllm_prompt(encoder: PromptEncoder, turns: Sequence[Turn], system: str | None) -> str:
     """The conversation as RKLLM takes it: trusted template text, defused user text, `<image>` slots."""
+    f: PromptFormat = encoder.format
+    block = re.compile(re.escape(f.image_start) + f"(?:{re.escape(f.image_token)})+" + re.escape(f.image_end))
     out = []
     for trusted, text in encoder.render(turns, system).items:
-        out.append(_IMAGE_BLOCK.sub(IMAGE_PLACEHOLDER, text) if trusted else defuse(text))
+        out.append(block.sub(IMAGE_PLACEHOLDER, text) if trusted else defuse(text, added_tokens(encoder)))
     return "".join(out)
 
 
@@ -139,7 +142,9 @@ class BoardSession:
 
         def run() -> None:
             try:
+                f = self.encoder.format
                 self.last_stats.perf = self.llm.run(new, on_text, images=features, keep_history=True,
+                                                    image_tokens=(f.image_start, f.image_end, f.image_token),
                                                     max_new_tokens=max_tokens)  # fmt: skip
             except Exception as e:  # handed to the reader
                 pieces.put(e)
@@ -249,8 +254,7 @@ def load_board_session(bundle: str | Path, *, system: str | None = None, max_til
     for part in (f"vision_{target}", f"llm_{target}"):
         if part not in m.parts:
             raise BoardError(f"{folder} has no {part} artifact: run `edgevlm export-rk3588` (and the .rkllm recipe)")
-    encoder = PromptEncoder(Tokenizer.from_file(str(folder / m.parts["tokenizer"].file)), m.model.template,
-                            m.model.tokens_per_tile)  # fmt: skip
+    encoder = prompt_encoder(m, Tokenizer.from_file(str(folder / m.parts["tokenizer"].file)))
     try:
         start = time.perf_counter()
         llm = RkllmModel(folder / m.parts[f"llm_{target}"].file, library=library, max_context=m.context_length)

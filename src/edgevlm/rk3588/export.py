@@ -51,11 +51,11 @@ def rknn_python() -> Path:
                       "python of an environment with rknn-toolkit2 2.5.0)")  # fmt: skip
 
 
-def probe_tile(seed: int = 0) -> np.ndarray:
-    """A deterministic uint8 [448,448,3] tile with structure (gradients) and noise."""
+def probe_tile(size: int, seed: int = 0) -> np.ndarray:
+    """A deterministic uint8 [size,size,3] tile with structure (gradients) and noise."""
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:448, 0:448]
-    base = np.stack([x * 255 / 447, y * 255 / 447, (x + y) * 255 / 894], axis=-1)
+    y, x = np.mgrid[0:size, 0:size]
+    base = np.stack([x * 255 / (size - 1), y * 255 / (size - 1), (x + y) * 255 / (2 * size - 2)], axis=-1)
     return np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
 
 
@@ -76,7 +76,7 @@ def export_vision(ck_dir: Path, out: Path, target: str, log: Callable[[str], Non
         work = Path(tmp)
         onnx_path = build_vision_graph(ck.get, ck.config, work / "vision_npu.onnx",
                                        VisionGraphSpec("fp32", batch=1, contrib=False))  # fmt: skip
-        tile = probe_tile()
+        tile = probe_tile(ck.config.vision.image_size)
         from PIL import Image
 
         ref = OrtVisionEncoder(onnx_path, cache=False).encode(normalize(Image.fromarray(tile))[None])[0]
@@ -154,9 +154,9 @@ def export_rk3588(src: str | Path, out: str | Path, *, target: str = "rk3588",
     manifest = open_bundle(out)
     check = export_vision(ck_dir, out, target, log)
     rkllm_file = export_llm(ck_dir, out, target, manifest.context_length, log)
-    parts = dict(manifest.parts)
+    parts, tile = dict(manifest.parts), manifest.model.vision.image_size
     parts[f"vision_{target}"] = Part(RKNN_FILE.format(target=target), "fp16", {
-        "target": target, "input": "uint8 NHWC [1,448,448,3], ImageNet mean/std inside",
+        "target": target, "input": f"uint8 NHWC [1,{tile},{tile},3], ImageNet mean/std inside",
         "simulator_cosine": round(check["cosine"], 7),
         "simulator_token_cosine_min": round(check["token_cosine_min"], 7),
     })  # fmt: skip

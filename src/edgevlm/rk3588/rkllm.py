@@ -213,9 +213,10 @@ class RkllmModel:
         return 0
 
     def run(self, prompt: str, on_text: Callable[[str, int], bool | None], *, images: np.ndarray | None = None,
-            image_size: tuple[int, int] = (448, 448), keep_history: bool = True, max_new_tokens: int = 512
-            ) -> Perf:  # fmt: skip
-        """One turn. `prompt` holds one `<image>` per image; `images` is float32 [n_image, n_tokens, dim].
+            image_size: tuple[int, int] = (448, 448), image_tokens: tuple[str, str, str] | None = None,
+            keep_history: bool = True, max_new_tokens: int = 512) -> Perf:  # fmt: skip
+        """One turn. `prompt` holds one `<image>` per image; `images` is float32 [n_image, n_tokens, dim];
+        `image_tokens` the (start, end, content) strings RKLLM puts around and in each image's rows.
         `on_text(text, token)` may return False to stop the answer."""
         self._on_text, self._error, self._perf = on_text, None, Perf()
         self._decoder.reset()
@@ -225,12 +226,14 @@ class RkllmModel:
             inp.input_type = INPUT_PROMPT
             inp.input_data.prompt_input = encoded
         else:
+            if image_tokens is None:
+                raise ValueError("a multimodal run needs the image_tokens of the model's prompt format")
             embeds = np.ascontiguousarray(images, dtype=np.float32)
             inp.input_type = INPUT_MULTIMODAL
             mm = inp.input_data.multimodal_input
             mm.prompt = encoded
             mm.image = ImageInput(embeds.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), embeds.shape[1],
-                                  embeds.shape[0], b"<img>", b"</img>", b"<IMG_CONTEXT>", image_size[0],
+                                  embeds.shape[0], *(t.encode() for t in image_tokens), image_size[0],
                                   image_size[1])  # fmt: skip
         infer = InferParam(mode=INFER_GENERATE, keep_history=int(keep_history), max_new_tokens=max_new_tokens)
         rc = self.lib.rkllm_run(self.handle, ctypes.byref(inp), ctypes.byref(infer), None)

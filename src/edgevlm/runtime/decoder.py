@@ -11,6 +11,7 @@ import onnxruntime as ort
 from ..config import TextConfig
 from ..embedding import EmbeddingTable
 from .ort import create_session
+from .rope import rope_angles
 
 
 class ContextOverflow(ValueError):
@@ -18,13 +19,17 @@ class ContextOverflow(ValueError):
 
 
 class LanguageModel(Protocol):
-    """A decoder with a KV cache. `position` is the number of tokens in the cache."""
+    """A decoder with a KV cache. `position` is the number of tokens in the cache.
+
+    `rope` gives the rotary positions [S] of the tokens prefilled; by default they continue from the
+    last cached token's, one per token."""
 
     max_context: int
     position: int
 
     def embed(self, ids: list[int]) -> np.ndarray: ...
-    def prefill(self, embeds: np.ndarray, position: int | None = None) -> np.ndarray: ...
+    def prefill(self, embeds: np.ndarray, position: int | None = None, rope: np.ndarray | None = None
+                ) -> np.ndarray: ...  # fmt: skip
     def decode(self, token: int) -> np.ndarray: ...
     def truncate(self, position: int) -> None: ...
 
@@ -34,12 +39,14 @@ class OrtLanguageModel:
 
     Past and present KV are bound to the same buffer (IO binding), so a step writes only its new
     rows and nothing is copied per token. Truncating the cache is moving the position back: rows
-    past it are ignored by the attention and overwritten by the next prefill.
+    past it are ignored by the attention and overwritten by the next prefill. The rotary tables are
+    bound buffers too: each step writes its tokens' cos and sin into their first rows.
     """
 
     def __init__(self, model: str | Path, embedding: EmbeddingTable, cfg: TextConfig, *, max_context: int,
                  threads: int | None = None, prefill_chunk: int = 512, cache: bool = True) -> None:  # fmt: skip
         self.session = create_session(model, threads=threads, cache=cache)
+        self.text = cfg
         self.embedding = embedding
         self.max_context = max_context
         self.prefill_chunk = prefill_chunk
@@ -55,6 +62,11 @@ class OrtLanguageModel:
                 self._cache.append(buf)
         self._logits = ort.OrtValue.ortvalue_from_shape_and_type([1, cfg.vocab_size], np.float32)
         self._binding.bind_ortvalue_output("logits", self._logits)
+        # Rotary tables of max_context rows (the op wants at least the cache's length), shared with ORT.
+        self._tables = {f: np.zeros((max_context, cfg.head_dim // 2), dtype=np.float32) for f in ("cos", "sin")}
+        for f, table in self._tables.items():
+            self._binding.bind_ortvalue_input(f"rope_{f}", ort.OrtValue.ortvalue_from_numpy(table))
+        self._rope = np.zeros(max_context, dtype=np.int64)  # the rotary position of each cached row
 
     def embed(self, ids: list[int]) -> np.ndarray:
         return self.embedding(ids)
@@ -65,30 +77,44 @@ class OrtLanguageModel:
                 f"context full: {self.position} cached + {new_tokens} new tokens > {self.max_context}"
             )
 
-    def _step(self, embeds: np.ndarray) -> np.ndarray:
+    def next_rope(self) -> int:
+        """The rotary position that follows the last cached token."""
+        return int(self._rope[self.position - 1]) + 1 if self.position else 0
+
+    def _step(self, embeds: np.ndarray, rope: np.ndarray) -> np.ndarray:
         self._check_room(len(embeds))
-        total = self.position + len(embeds)
+        n, total = len(embeds), self.position + len(embeds)
+        angles = rope_angles(self.text, rope)
+        self._tables["cos"][:n], self._tables["sin"][:n] = np.cos(angles), np.sin(angles)
+        self._rope[self.position : total] = rope
         b = self._binding
         b.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds[None], dtype=np.float32))
+        b.bind_cpu_input("position_ids", np.arange(n, dtype=np.int64)[None])
         b.bind_cpu_input("seqlens_k", np.array([total - 1], dtype=np.int32))
         b.bind_cpu_input("total_sequence_length", np.array(total, dtype=np.int32))
         self.session.run_with_iobinding(b)
         self.position = total
         return self._logits.numpy()[0].copy()  # the bound buffer is overwritten by the next step
 
-    def prefill(self, embeds: np.ndarray, position: int | None = None) -> np.ndarray:
-        """Append embeddings [S,H] at `position` (default: the end); the last position's logits."""
+    def prefill(self, embeds: np.ndarray, position: int | None = None, rope: np.ndarray | None = None
+                ) -> np.ndarray:  # fmt: skip
+        """Append embeddings [S,H] at `position` (default: the end), at rotary positions `rope` [S] (default:
+        continuing from the cached tokens'); the last position's logits."""
         if position is not None:
             self.truncate(position)
         if len(embeds) == 0:
             raise ValueError("prefill needs at least one embedding")
         self._check_room(len(embeds))  # before any chunk is written
+        rope = self.next_rope() + np.arange(len(embeds)) if rope is None else np.asarray(rope, dtype=np.int64)
+        if rope.shape != (len(embeds),):
+            raise ValueError(f"rope positions {list(rope.shape)} do not match the {len(embeds)} embeddings")
         for start in range(0, len(embeds), self.prefill_chunk):
-            logits = self._step(embeds[start : start + self.prefill_chunk])
+            end = start + self.prefill_chunk
+            logits = self._step(embeds[start:end], rope[start:end])
         return logits
 
     def decode(self, token: int) -> np.ndarray:
-        return self._step(self.embedding([token]))
+        return self._step(self.embedding([token]), np.array([self.next_rope()]))
 
     def truncate(self, position: int) -> None:
         if not 0 <= position <= self.position:

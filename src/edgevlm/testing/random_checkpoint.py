@@ -17,21 +17,33 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..atomic import atomic_dir
 from ..models import preset
 from ..models.internvl3 import ModelConfig, expected_shapes
 from . import cache_dir
+from .reference import image_processor
 from .vocab import fixture_tokenizer
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 DTYPES = ("bf16", "fp16", "fp32")
 
 
-def hf_config(cfg: ModelConfig) -> Any:
+def _ids(tokenizer: Tokenizer | None) -> dict[str, int]:
+    """The special-token ids a config.json names, from the checkpoint's tokenizer (the fixture's by default)."""
+    tok = tokenizer or fixture_tokenizer()[0]
+    names = {"bos": "<|endoftext|>", "eos": "<|im_end|>", "image": "<IMG_CONTEXT>"}
+    return {k: tok.token_to_id(v) for k, v in names.items()}
+
+
+def hf_config(cfg: ModelConfig, tokenizer: Tokenizer | None = None) -> Any:
     """transformers' InternVLConfig for our ModelConfig."""
     from transformers import InternVLConfig
 
+    ids = _ids(tokenizer)
     v, t = cfg.vision, cfg.text
     return InternVLConfig(
         vision_config=dict(
@@ -44,9 +56,9 @@ def hf_config(cfg: ModelConfig) -> Any:
             num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
             intermediate_size=t.intermediate_size, vocab_size=t.vocab_size, rope_theta=t.rope_theta,
             rms_norm_eps=t.rms_norm_eps, max_position_embeddings=t.max_position_embeddings,
-            tie_word_embeddings=t.tie_word_embeddings, bos_token_id=151643, eos_token_id=151645,
+            tie_word_embeddings=t.tie_word_embeddings, bos_token_id=ids["bos"], eos_token_id=ids["eos"],
         ),
-        image_token_id=cfg.image_token_id or fixture_tokenizer()[0].token_to_id("<IMG_CONTEXT>"),
+        image_token_id=cfg.image_token_id or ids["image"],
         downsample_ratio=cfg.downsample_ratio,
         vision_feature_layer=cfg.vision.select_layer,
         tie_word_embeddings=t.tie_word_embeddings,
@@ -78,13 +90,13 @@ def _randomize(model: Any, seed: int) -> None:
             p.copy_(value)
 
 
-def reference_model(cfg: ModelConfig, seed: int = 0) -> Any:
+def reference_model(cfg: ModelConfig, seed: int = 0, tokenizer: Tokenizer | None = None) -> Any:
     """A float32 transformers InternVLForConditionalGeneration with random weights, in eval mode."""
     import torch
     from transformers import InternVLForConditionalGeneration
 
     torch.manual_seed(seed)
-    model = InternVLForConditionalGeneration(hf_config(cfg)).float().eval()
+    model = InternVLForConditionalGeneration(hf_config(cfg, tokenizer)).float().eval()
     _randomize(model, seed)
     return model
 
@@ -126,9 +138,9 @@ def to_original_names(tensors: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def original_config(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
+def original_config(cfg: ModelConfig, dtype: str, tokenizer: Tokenizer | None = None) -> dict[str, Any]:
     """config.json as OpenGVLab writes it for InternVL3."""
-    v, t = cfg.vision, cfg.text
+    v, t, ids = cfg.vision, cfg.text, _ids(tokenizer)
     return {
         "architectures": ["InternVLChatModel"], "model_type": "internvl_chat", "template": cfg.template,
         "downsample_ratio": cfg.downsample_ratio, "dynamic_image_size": True, "force_image_size": v.image_size,
@@ -150,7 +162,7 @@ def original_config(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
             "vocab_size": t.vocab_size, "rope_theta": t.rope_theta, "rms_norm_eps": t.rms_norm_eps,
             "max_position_embeddings": t.max_position_embeddings, "rope_scaling": None,
             "tie_word_embeddings": t.tie_word_embeddings, "hidden_act": "silu", "use_sliding_window": False,
-            "bos_token_id": 151643, "eos_token_id": 151645,
+            "bos_token_id": ids["bos"], "eos_token_id": ids["eos"],
         },
     }  # fmt: skip
 
@@ -193,9 +205,11 @@ def round_parameters(model: Any, dtype: str) -> Any:
 
 
 def save_checkpoint(
-    model: Any, cfg: ModelConfig, out: Path, *, naming: str, dtype: str = "bf16", shard_mb: float | None = None
+    model: Any, cfg: ModelConfig, out: Path, *, naming: str, dtype: str = "bf16", shard_mb: float | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> None:
-    """Write `model` as a checkpoint folder in the given naming and storage dtype (atomically)."""
+    """Write `model` as a checkpoint folder in the given naming and storage dtype (atomically), with
+    `tokenizer` (the fixture's by default) as its tokenizer.json."""
     from safetensors.torch import load_file
 
     torch_dtype = round_parameters(model, dtype)
@@ -207,13 +221,14 @@ def save_checkpoint(
             tensors.update({k: v.to(torch_dtype) for k, v in load_file(file).items()})
         if naming == "hf":
             (hub / "config.json").rename(tmp / "config.json")
+            # The -hf checkpoints keep their tiling in the image processor's config, written by transformers.
+            image_processor(cfg.min_dynamic_patch, cfg.max_dynamic_patch, cfg.vision.image_size).save_pretrained(tmp)
         else:
             tensors = to_original_names(tensors)
-            (tmp / "config.json").write_text(json.dumps(original_config(cfg, dtype), indent=2))
+            (tmp / "config.json").write_text(json.dumps(original_config(cfg, dtype, tokenizer), indent=2))
         _write_shards(tensors, tmp, shard_mb)
         shutil.rmtree(hub)
-        tokenizer, _ = fixture_tokenizer()
-        tokenizer.save(str(tmp / "tokenizer.json"))
+        (tokenizer or fixture_tokenizer()[0]).save(str(tmp / "tokenizer.json"))
 
 
 def build(preset_name: str, naming: str, out: Path, *, seed: int = 0, dtype: str = "bf16",

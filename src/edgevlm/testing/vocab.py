@@ -16,7 +16,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, models, trainers
 
 from ..atomic import atomic_dir
-from ..tokenizer import FIRST_ADDED_ID, build_qwen2_tokenizer
+from ..models.internvl3 import ADDED_TOKENS
+from ..tokenizer import build_qwen2_tokenizer
 from . import cache_dir
 
 PACKAGE, VERSION = "llama-cpp-python", "0.3.36"
@@ -24,6 +25,7 @@ SDIST = f"llama_cpp_python-{VERSION}.tar.gz"
 MEMBER_DIR = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/models/"
 FILES = ("ggml-vocab-qwen2.gguf", "ggml-vocab-qwen2.gguf.inp", "ggml-vocab-qwen2.gguf.out")
 INDEX = f"https://pypi.org/simple/{PACKAGE}/"
+QWEN2_BPE_SIZE = 151643  # entries of Qwen2's byte-level BPE vocabulary; the added tokens follow
 
 
 class VocabUnavailable(RuntimeError):
@@ -82,9 +84,9 @@ def qwen2_tokenizer() -> Tokenizer:
         field = reader.fields[key]
         return [bytes(field.parts[i]).decode("utf-8") for i in field.data]
 
-    tokens = strings("tokenizer.ggml.tokens")[:FIRST_ADDED_ID]
+    tokens = strings("tokenizer.ggml.tokens")[:QWEN2_BPE_SIZE]
     merges = [tuple(m.split(" ", 1)) for m in strings("tokenizer.ggml.merges")]
-    return build_qwen2_tokenizer({t: i for i, t in enumerate(tokens)}, merges)
+    return build_qwen2_tokenizer({t: i for i, t in enumerate(tokens)}, merges, ADDED_TOKENS)
 
 
 _CORPUS = (
@@ -95,8 +97,16 @@ _CORPUS = (
 
 
 @lru_cache(maxsize=1)
-def tiny_tokenizer() -> Tokenizer:
-    """A small byte-level BPE trained here, padded so the added tokens sit at InternVL3's ids."""
+def small_tokenizer() -> Tokenizer:
+    """A small byte-level BPE trained here with the added tokens right after it: every special-token id
+    differs from InternVL3's (the real vocabulary's)."""
+    tok = _trained_bpe()
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in merges]
+    return build_qwen2_tokenizer(tok.get_vocab(), merges, ADDED_TOKENS)
+
+
+def _trained_bpe() -> Tokenizer:
     from tokenizers import decoders, pre_tokenizers
 
     tok = Tokenizer(models.BPE())
@@ -106,10 +116,19 @@ def tiny_tokenizer() -> Tokenizer:
         vocab_size=600, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     tok.train_from_iterator([_CORPUS] * 4, trainer)
+    return tok
+
+
+@lru_cache(maxsize=1)
+def tiny_tokenizer() -> Tokenizer:
+    """A small byte-level BPE trained here, padded so the added tokens sit at InternVL3's ids (the tiny
+    preset's vocabulary is the real one's size)."""
+    tok = _trained_bpe()
     vocab = tok.get_vocab()
-    vocab.update({f"<|unused_{i}|>": i for i in range(len(vocab), FIRST_ADDED_ID)})
+    vocab.update({f"<|unused_{i}|>": i for i in range(len(vocab), QWEN2_BPE_SIZE)})
     merges = json.loads(tok.to_str())["model"]["merges"]
-    return build_qwen2_tokenizer(vocab, [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in merges])
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in merges]
+    return build_qwen2_tokenizer(vocab, merges, ADDED_TOKENS)
 
 
 def fixture_tokenizer() -> tuple[Tokenizer, str]:
