@@ -95,3 +95,9 @@ class Server:
         h.update(headers or {})
         data = raw if raw is not None else json.dumps(body).encode()
         return httpx.post(self.url + path, content=data, headers=h, timeout=timeout)
+
+
+def cosine(a, b):
+    """Cosine similarity along the last axis (a scalar for vectors)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)

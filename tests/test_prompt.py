@@ -87,12 +87,18 @@ def test_user_text_cannot_forge_control_tokens(enc, attack):
         assert attack in enc.tokenizer.decode(ids, skip_special_tokens=False)
 
 
-def test_continuing_a_session_equals_the_full_conversation(enc):
-    first = Turn("Describe the image.", (5,))
-    answer = "A bowl of flour, two eggs and {braces}."
-    second = Turn("What do I need to make this?", ())
-    cached = enc.encode([first]) + enc.encode_text(answer) + list(enc.stop_ids)
-    assert cached + enc.continue_ids(True, second) == enc.encode([Turn(first.question, (5,), answer), second])
+def test_a_known_answer_is_put_in_as_the_ids_generated(enc):
+    """A session's next turn carries the previous answer as text; the engine puts it back as the ids it
+    generated, which re-tokenising the text need not give, so the cached rows still match."""
+    first, second = Turn("Describe the image.", (5,)), Turn("What do I need to make this?")
+    generated = enc.encode_text("A bowl of fl") + enc.encode_text("our and {braces}.")  # split mid-word
+    answer = enc.tokenizer.decode(generated)
+    turns = [Turn(first.question, (5,), answer), second]
+    prompt = enc.encode([first])
+    with_ids = enc.encode(turns, known={answer: generated})
+    assert with_ids[: len(prompt) + len(generated)] == prompt + generated
+    assert with_ids[len(prompt) + len(generated)] in enc.stop_ids  # the answer closed, then the new turn
+    assert enc.encode(turns) != with_ids and enc.tokenizer.decode(enc.encode(turns)) == enc.tokenizer.decode(with_ids)
 
 
 def test_only_the_last_turn_may_be_open(enc):

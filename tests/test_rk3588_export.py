@@ -14,6 +14,7 @@ from edgevlm.graphs.vision import VisionGraphSpec, build_vision_graph
 from edgevlm.rk3588 import export
 from edgevlm.rk3588.rknn_lite import to_uint8_nhwc
 from edgevlm.runtime.vision import OrtVisionEncoder
+from helpers import cosine
 
 pytestmark = pytest.mark.rknn
 
@@ -24,10 +25,6 @@ def rknn_python():
         return export.rknn_python()
     except export.ExportError as e:
         pytest.skip(f"rknn-toolkit2 environment missing: {e}")
-
-
-def cos(a, b):
-    return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
 
 
 def test_export_tiny_checks_in_the_simulator(rknn_python, tiny_ckpt, tmp_path):
@@ -63,7 +60,7 @@ def test_board_backend_class_through_the_simulator(rknn_python, tiny_ckpt, tmp_p
     assert json.loads(r.stdout.strip().splitlines()[-1])["cosine"] >= 0.999
     got = np.load(tmp_path / "feat.npy")
     assert got.shape == ref.shape == (2, 256, 64)
-    assert min(cos(g, f) for g, f in zip(got, ref, strict=True)) >= 0.999
+    assert min(cosine(g.ravel(), f.ravel()) for g, f in zip(got, ref, strict=True)) >= 0.999
 
 
 def test_bad_target_and_missing_toolkit(tiny_ckpt, tmp_path, monkeypatch):

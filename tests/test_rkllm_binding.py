@@ -137,20 +137,40 @@ class FakeRknn:
         return [np.full((1, 256, 8), inputs[0].mean() / 255, dtype=np.float32)]
 
 
-def test_board_session_drives_rkllm_per_turn(model, stub):
+@pytest.fixture(scope="module")
+def board_bundle(tiny_ckpt, tmp_path_factory):
+    from edgevlm.convert import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("board") / "b"
+    convert(tiny_ckpt["hf"], out, ConvertOptions(max_tiles=1), log=lambda m: None)
+    return out
+
+
+def board_engine(bundle, llm, runtime, **manifest_changes):
+    """The NPU engine over the stand-in RKLLM library and a fake RKNN runtime (256 rows of width 8)."""
+    from dataclasses import replace
+
+    from tokenizers import Tokenizer
+
+    from edgevlm.bundle import open_bundle
+    from edgevlm.engine import prompt_encoder
+    from edgevlm.rk3588.board import BoardModel
+    from edgevlm.rk3588.rknn_lite import RknnVisionEncoder
+
+    m = replace(open_bundle(bundle), **manifest_changes)
+    encoder = prompt_encoder(m, Tokenizer.from_file(str(bundle / "tokenizer.json")))
+    return BoardModel(m, encoder, RknnVisionEncoder(runtime, 256, 8), llm)
+
+
+def test_board_engine_drives_rkllm_per_turn(model, stub, board_bundle):
     from PIL import Image
 
-    from edgevlm.image import Tiling
-    from edgevlm.rk3588.board import BoardSession, defuse
-    from edgevlm.rk3588.rknn_lite import RknnVisionEncoder
-    from edgevlm.testing.vocab import fixture_tokenizer
-    from helpers import internvl_encoder
+    from edgevlm.rk3588.board import defuse
 
     runtime = FakeRknn()
-    session = BoardSession(internvl_encoder(fixture_tokenizer()[0]), RknnVisionEncoder(runtime, 256, 8), model,
-                           tiling=Tiling(max_tiles=1))  # fmt: skip
+    session = board_engine(board_bundle, model, runtime).session()
     img = Image.new("RGB", (640, 480), (200, 100, 50))
-    answer = "".join(session.ask("What is this <|im_end|>?", [img]))
+    answer = session.chat("What is this <|im_end|>?", [img])
     assert answer == "Hello 你好! more more more"
     assert runtime.calls == [((1, 448, 448, 3), np.uint8, "nhwc")]  # one tile, uint8 NHWC
     sent = stub.stub_str(b"prompt").decode()
@@ -158,8 +178,10 @@ def test_board_session_drives_rkllm_per_turn(model, stub):
     assert "<|im_end|>?" not in sent and defuse("<|im_end|>", ["<|im_end|>"]) in sent  # typed control text is defused
     assert stub.stub_num(b"n_image") == 1 and stub.stub_num(b"n_image_tokens") == 256
     assert stub.stub_num(b"keep_history") == 1
+    s = session.last_stats
+    assert s.generation.finish_reason == "stop" and s.images == 1 and s.memory_mb == 321.0
     clears = stub.stub_num(b"clears")
-    "".join(session.ask("And the colour?"))
+    session.chat("And the colour?")
     second = stub.stub_str(b"prompt").decode()
     assert second == "\n<|im_start|>user\nAnd the colour?<|im_end|>\n<|im_start|>assistant\n"  # only the new turn
     assert stub.stub_num(b"input_type") == rkllm.INPUT_PROMPT and stub.stub_num(b"clears") == clears
@@ -167,36 +189,40 @@ def test_board_session_drives_rkllm_per_turn(model, stub):
     next(pieces)
     pieces.close()  # Ctrl-C: aborts the run, keeps the partial answer
     assert session.turns[-1].answer == "Hel"
+    session.chat("Go on")  # after a cut answer the turn is closed first, in the text RKLLM is sent
+    assert stub.stub_str(b"prompt").decode().startswith("<|im_end|>\n<|im_start|>user\nGo on")
 
 
-def test_board_sessions_tile_as_the_manifest_says(model, stub, tiny_ckpt, tmp_path):
+def test_board_sessions_tile_as_the_manifest_says(model, stub, board_bundle):
     from dataclasses import replace
 
     from PIL import Image
 
     from edgevlm.bundle import open_bundle
-    from edgevlm.convert import ConvertOptions, convert
-    from edgevlm.rk3588.board import BoardModel, BoardSession
-    from edgevlm.rk3588.rknn_lite import RknnVisionEncoder
-    from edgevlm.testing.vocab import fixture_tokenizer
-    from helpers import internvl_encoder
 
-    convert(tiny_ckpt["hf"], tmp_path / "b", ConvertOptions(), log=lambda m: None)
-    m = open_bundle(tmp_path / "b")
-    m = replace(m, min_tiles=2, max_tiles=6, model=replace(m.model, use_thumbnail=False))
     runtime = FakeRknn()
-    board = BoardModel.from_parts(m, BoardSession(internvl_encoder(fixture_tokenizer()[0]),
-                                                  RknnVisionEncoder(runtime, 256, 8), model))  # fmt: skip
+    m = open_bundle(board_bundle)
+    board = board_engine(board_bundle, model, runtime, min_tiles=2, max_tiles=6,
+                         model=replace(m.model, use_thumbnail=False))  # fmt: skip
     img = Image.new("RGB", (100, 100), (1, 2, 3))  # square: one tile alone, unless min_tiles says more
-    "".join(board.session().ask("What?", [img]))
+    board.session().chat("What?", [img])
     assert sum(shape[0] for shape, _, _ in runtime.calls) == 4  # a 2x2 grid (min 2 tiles), no thumbnail
     assert stub.stub_num(b"n_image_tokens") == 4 * 256
     runtime.calls.clear()
-    "".join(board.session(max_tiles=1).ask("What?", [img]))  # a cap below min_tiles wins
+    board.session(max_tiles=1).chat("What?", [img])  # a cap below min_tiles wins
     assert sum(shape[0] for shape, _, _ in runtime.calls) == 1
 
 
-def test_server_runs_on_the_board_backend(model, stub, tiny_ckpt, tmp_path):
+def test_the_board_drops_the_oldest_turns_as_the_cpu_does(model, stub, board_bundle):
+    board = board_engine(board_bundle, model, FakeRknn(), context_length=256)  # 8 prompt + 8 answer tokens a turn
+    session = board.session("s")
+    for i in range(30):
+        session.chat(f"question number {i}", max_tokens=16)
+    assert session.dropped_turns >= 1 and session.turns[0].question != "question number 0"
+    assert session.last_stats.prompt_tokens <= 256 - 16
+
+
+def test_server_runs_on_the_board_backend(model, stub, board_bundle):
     import base64
     import io
     import json
@@ -204,19 +230,11 @@ def test_server_runs_on_the_board_backend(model, stub, tiny_ckpt, tmp_path):
     from PIL import Image
     from starlette.testclient import TestClient
 
-    from edgevlm.bundle import open_bundle
-    from edgevlm.convert import ConvertOptions, convert
-    from edgevlm.rk3588.board import BoardModel, BoardSession
-    from edgevlm.rk3588.rknn_lite import RknnVisionEncoder
     from edgevlm.server.app import create_app
     from edgevlm.server.settings import ServerSettings
-    from edgevlm.testing.vocab import fixture_tokenizer
-    from helpers import internvl_encoder
 
-    convert(tiny_ckpt["hf"], tmp_path / "b", ConvertOptions(max_tiles=1), log=lambda m: None)
-    session = BoardSession(internvl_encoder(fixture_tokenizer()[0]), RknnVisionEncoder(FakeRknn(), 256, 8), model)
-    board = BoardModel.from_parts(open_bundle(tmp_path / "b"), session)
-    client = TestClient(create_app(ServerSettings(model=tmp_path / "b"), model=board), base_url="http://127.0.0.1")
+    board = board_engine(board_bundle, model, FakeRknn())
+    client = TestClient(create_app(ServerSettings(model=board_bundle), model=board), base_url="http://127.0.0.1")
     buf = io.BytesIO()
     Image.new("RGB", (300, 200), (10, 200, 30)).save(buf, "PNG")
     url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -273,11 +273,11 @@ def test_a_stream_that_fails_after_its_200_ends_with_an_error_event_and_done(sma
 
     model = edgevlm.load(small_bundle)
 
-    def failing_answer(prepared, params, stats):
+    def failing_stream(conversation, params, stats, shared=False):
         yield StreamChunk("Hel", 1, GenerationStats())
         raise RuntimeError("the accelerator fell over")
 
-    model.answer = failing_answer
+    model.stream = failing_stream
     client = TestClient(create_app(ServerSettings(model=small_bundle), model=model), base_url="http://127.0.0.1")
     with client.stream("POST", "/v1/chat/completions", json={"messages": MSG, "stream": True}) as r:
         assert r.status_code == 200

@@ -9,10 +9,7 @@ from edgevlm.checkpoint import open_checkpoint
 from edgevlm.graphs.vision import VisionGraphSpec, build_vision_graph
 from edgevlm.runtime import ort as ort_mod
 from edgevlm.runtime.vision import OrtVisionEncoder
-
-
-def cosines(a, b):
-    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+from helpers import cosine
 
 
 def reference_features(model, pixels, layer=-1):
@@ -46,15 +43,15 @@ def encode(ckpt, tmp_path, spec, pixels, cfg=None, **kw):
 def test_fp_graphs_match_transformers(tiny_ckpt, tmp_path, pixels, ref_features, spec, naming):
     out, _ = encode(tiny_ckpt[naming], tmp_path, spec, pixels)
     assert out.shape == ref_features.shape == (3, 256, 64)
-    assert cosines(out, ref_features).min() >= 0.99999
+    assert cosine(out, ref_features).min() >= 0.99999
     assert np.abs(out - ref_features).max() <= 1e-3
 
 
 def test_int8_graph_is_close_to_fp32(tiny_ckpt, tmp_path, pixels, ref_features):
     out, _ = encode(tiny_ckpt["hf"], tmp_path, VisionGraphSpec("int8"), pixels)
-    per_tile = [cosines(o.ravel(), r.ravel()) for o, r in zip(out, ref_features, strict=True)]
+    per_tile = [cosine(o.ravel(), r.ravel()) for o, r in zip(out, ref_features, strict=True)]
     assert min(per_tile) >= 0.999
-    assert cosines(out, ref_features).min() >= 0.99
+    assert cosine(out, ref_features).min() >= 0.99
 
 
 def test_select_layer_minus_two(tiny_ckpt, tiny_ref, tmp_path, pixels):
@@ -62,13 +59,13 @@ def test_select_layer_minus_two(tiny_ckpt, tiny_ref, tmp_path, pixels):
     cfg = dataclasses.replace(ck.config, vision=dataclasses.replace(ck.config.vision, select_layer=-2))
     out, _ = encode(tiny_ckpt["original"], tmp_path, VisionGraphSpec("fp32", contrib=False), pixels[:1], cfg=cfg)
     ref = reference_features(tiny_ref, pixels[:1], layer=-2)
-    assert cosines(out, ref).min() >= 0.99999
+    assert cosine(out, ref).min() >= 0.99999
 
 
 def test_npu_form_is_standard_ops_static_single_tile(tiny_ckpt, tmp_path, pixels, ref_features):
     spec = VisionGraphSpec("fp32", batch=1, contrib=False)
     out, path = encode(tiny_ckpt["hf"], tmp_path, spec, pixels)  # three tiles, run one by one
-    assert cosines(out, ref_features).min() >= 0.99999
+    assert cosine(out, ref_features).min() >= 0.99999
     model = onnx.load(path, load_external_data=False)
     assert {o.domain for o in model.opset_import} == {""} and model.opset_import[0].version == 17
     assert {n.domain for n in model.graph.node} == {""}

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .bundle import Manifest, open_bundle
+from .bundle import open_bundle
 from .runtime.ort import cache_root, default_threads
 from .runtime.sampling import SamplingParams
 
@@ -79,14 +79,6 @@ def read_bandwidth_gbs(threads: int, nbytes: int = BANDWIDTH_BYTES, repeats: int
     return data.nbytes / best / 1e9
 
 
-def llm_weight_bytes(manifest: Manifest) -> int:
-    """Bytes of the CPU language model's weights (the manifest's record of its data file): what one
-    decode step reads; 0 when it has none."""
-    part = manifest.parts.get("llm")
-    entry = manifest.files.get(f"{part.file}.data") if part else None
-    return int(entry["size"]) if entry else 0
-
-
 def _rss_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -124,7 +116,7 @@ def _bundle_files(folder: Path) -> list[Path]:
 
 def run_once(opts: BenchOptions) -> dict[str, float]:
     """A cold load, one answer, then a warm load: the raw figures of one run (call in a fresh process)."""
-    from .model import VLM, Prepared, TurnStats, tiling_of
+    from .engine import Conversation, TurnStats, tiling_of
     from .prompt import Turn
 
     dropped = drop_page_cache(_bundle_files(opts.bundle))
@@ -132,13 +124,12 @@ def run_once(opts: BenchOptions) -> dict[str, float]:
     question = _question(model.prompt.encode_text, opts.prompt_tokens)
     params = SamplingParams(max_tokens=opts.gen_tokens, stop_ids=(-1,))  # never stops early (on the CPU)
     image = model.encode_image(_picture(opts, tiling_of(model.manifest).tile), max_tiles=opts.tiles)
-    turns = [Turn(question, (image.tiles.count,))]
     s = TurnStats()
-    for _ in model.answer(Prepared(turns, None, model.prompt.encode(turns), [image]), params, s):
+    for _ in model.stream(Conversation([Turn(question, (image.tiles.count,))], [image]), params, s):
         pass
     peak = _rss_peak_mb()
     g = s.generation
-    weights = llm_weight_bytes(model.manifest) if isinstance(model, VLM) else 0  # not the NPU's own model
+    weights = model.decode_bytes
     del model, image
     gc.collect()
     _, warm, llm_warm, vis_warm = _timed_load(opts)
@@ -169,7 +160,7 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def bench(opts: BenchOptions) -> dict[str, Any]:
-    from .model import tiling_of
+    from .engine import tiling_of
 
     manifest = open_bundle(opts.bundle)
     _run_in_child(opts)  # warm-up: first-time caches (optimised graphs) are built here

@@ -6,16 +6,13 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TextIO
 
 from .image import ImageError
 from .prompt import is_text
 from .runtime.decoder import ContextOverflow
 from .runtime.sampling import SamplingParams
 from .session import ChatSession
-
-if TYPE_CHECKING:
-    from .rk3588.board import BoardSession
 
 HELP = "commands: /image PATH (attach to the next question), /clear, /stats, /exit"
 
@@ -33,11 +30,8 @@ class ChatOptions:
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
 
-def _pieces(session: ChatSession | BoardSession, question: str, images: list[Path], opts: ChatOptions
-            ) -> Iterator[str]:  # fmt: skip
-    if isinstance(session, ChatSession):
-        return (chunk.text for chunk in session.ask(question, images, opts.sampling))
-    return session.ask(question, images, max_tokens=opts.sampling.max_tokens)
+def _pieces(session: ChatSession, question: str, images: list[Path], opts: ChatOptions) -> Iterator[str]:
+    return (chunk.text for chunk in session.ask(question, images, opts.sampling))
 
 
 def _stream_plain(pieces: Iterator[str], out: TextIO) -> None:
@@ -60,7 +54,7 @@ def _stream_markdown(pieces: Iterator[str]) -> None:
             live.update(Markdown(text))
 
 
-def _answer(session: ChatSession | BoardSession, question: str, images: list[Path], opts: ChatOptions,
+def _answer(session: ChatSession, question: str, images: list[Path], opts: ChatOptions,
             markdown: bool) -> None:  # fmt: skip
     pieces = _pieces(session, question, images, opts)
     try:
@@ -73,8 +67,8 @@ def _answer(session: ChatSession | BoardSession, question: str, images: list[Pat
         print(session.last_stats.summary(), file=sys.stderr)
 
 
-def open_session(opts: ChatOptions) -> ChatSession | BoardSession:
-    """A CPU ChatSession, or with backend rk3588 (or auto on a board) a BoardSession."""
+def open_session(opts: ChatOptions) -> ChatSession:
+    """A session on the CPU, or with backend rk3588 (or auto on a board) on the NPU."""
     from . import load
 
     model = load(opts.bundle, threads=opts.threads, backend=opts.backend)
@@ -89,7 +83,7 @@ def run_chat(opts: ChatOptions) -> int:
     return _interactive(session, list(opts.images), opts)
 
 
-def _interactive(session: ChatSession | BoardSession, pending: list[Path], opts: ChatOptions) -> int:
+def _interactive(session: ChatSession, pending: list[Path], opts: ChatOptions) -> int:
     markdown = sys.stdout.isatty()
     print(f"edgevlm chat: {opts.bundle}. {HELP}", file=sys.stderr)
     if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 arrive as surrogates, checked below
@@ -119,7 +113,7 @@ def _interactive(session: ChatSession | BoardSession, pending: list[Path], opts:
         pending.clear()
 
 
-def _command(session: ChatSession | BoardSession, line: str, pending: list[Path]) -> str | None:
+def _command(session: ChatSession, line: str, pending: list[Path]) -> str | None:
     name, _, arg = line.partition(" ")
     if name in ("/exit", "/quit"):
         return "exit"

@@ -8,7 +8,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from . import __version__
+from . import BACKENDS, __version__
+from .runtime.sampling import SamplingParams
 
 
 class UserError(Exception):
@@ -100,28 +101,26 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-i", "--image", type=Path, action="append", default=[], help="image file (repeatable)")
     p.add_argument("-p", "--prompt", help="answer this once and exit (only the answer goes to stdout)")
     p.add_argument("--system", help="system message (default: InternVL's own)")
-    p.add_argument("--max-tokens", type=_number(int, "--max-tokens", 1), default=512)
-    p.add_argument("--temperature", type=_number(float, "--temperature", 0, 2), default=0.0, help="0 is greedy")
-    p.add_argument("--top-p", type=_number(float, "--top-p", 0, 1, above=True), default=1.0, help="in (0, 1]")
-    p.add_argument("--top-k", type=_number(int, "--top-k", 0), default=0, help="0: no limit")
-    p.add_argument("--repetition-penalty", type=_number(float, "--repetition-penalty", 0, above=True), default=1.0)
-    p.add_argument("--seed", type=_number(int, "--seed", 0, 2**63 - 1), default=None)
+    d = SamplingParams()
+    p.add_argument("--max-tokens", type=_number(int, "--max-tokens", 1), default=d.max_tokens)
+    p.add_argument("--temperature", type=_number(float, "--temperature", 0, 2), default=d.temperature,
+                   help="0 is greedy")
+    p.add_argument("--top-p", type=_number(float, "--top-p", 0, 1, above=True), default=d.top_p, help="in (0, 1]")
+    p.add_argument("--top-k", type=_number(int, "--top-k", 0), default=d.top_k, help="0: no limit")
+    p.add_argument("--repetition-penalty", type=_number(float, "--repetition-penalty", 0, above=True),
+                   default=d.repetition_penalty)
+    p.add_argument("--seed", type=_number(int, "--seed", 0, 2**63 - 1), default=d.seed)
     p.add_argument("--max-tiles", type=_number(int, "--max-tiles", 1), default=None,
                    help="most tiles per image (lowers the bundle's limit, never raises it)")
     p.add_argument("--threads", type=_number(int, "--threads", 1), default=None)
     p.add_argument("--stats", action="store_true", help="print timings to stderr")
-    p.add_argument(
-        "--backend",
-        default="auto",
-        choices=["auto", "cpu", "rk3588"],
-        help="cpu (ONNX Runtime) or rk3588 (NPU: RKNN-Lite + RKLLM); auto picks rk3588 on a board",
-    )
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="cpu (ONNX Runtime) or rk3588 (NPU: RKNN-Lite + RKLLM); auto picks rk3588 on a board")
 
 
 def _chat(args: argparse.Namespace) -> int:
     from .chat import ChatOptions, run_chat
     from .prompt import is_text
-    from .runtime.sampling import SamplingParams
 
     for image in args.image:
         if not image.is_file():
@@ -148,7 +147,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", type=_number(int, "--runs", 1), default=3)
     p.add_argument("--threads", type=_number(int, "--threads", 1), default=None)
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
-    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "rk3588"], help="as for chat")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="as for chat")
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -1,45 +1,37 @@
-"""A loaded bundle: vision encoder, language model, tokenizer and prompt encoder together.
+"""The CPU engine: a loaded bundle on ONNX Runtime (vision encoder, language model, tokenizer, prompt).
 
-`VLM.generate` is the one streaming entry point every front end uses. It keeps the ids (and image
-identities) whose KV rows are in the language model's cache, and prefills only what differs from
-them: a follow-up question, or a request whose history is a prefix of the cached one, costs only
-its new tokens, and an image already seen is not encoded again.
+`VLM.stream` answers a Conversation (engine.py). It keeps the keys (token ids, and image identities
+for image rows) whose KV rows are in the language model's cache, and prefills only what differs from
+them: a follow-up question, or a request whose history is a prefix of the cached one, costs only its
+new tokens, and an image already seen is not encoded again. Answers it generated are re-used as the
+exact token ids it produced, so a conversation continues its cache even where re-tokenising the
+answer's text would give other ids.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from . import models
 from .bundle import BundleError, Manifest, open_bundle
 from .embedding import EmbeddingTable
-from .image import DEFAULT_MAX_PIXELS, ImageSource, Tiles, Tiling
-from .prompt import PromptEncoder, Turn
+from .engine import Conversation, EncodedImage, TurnStats, encode_image, prompt_encoder
+from .image import DEFAULT_MAX_PIXELS, ImageSource
 from .runtime.decoder import OrtLanguageModel
-from .runtime.generate import GenerationStats, StreamChunk, stream_generate
+from .runtime.generate import StreamChunk, stream_generate
 from .runtime.sampling import SamplingParams
 from .runtime.vision import OrtVisionEncoder
-from .session import ChatSession
-from .tokenizer import check_ids
+from .session import Chatting
 
 T = TypeVar("T")
-
-
-@dataclass
-class EncodedImage:
-    """An image's tiles, its identity, and (once computed) its features [tiles*256, H]."""
-
-    tiles: Tiles
-    digest: str
-    features: np.ndarray | None = field(default=None, repr=False)
+KNOWN_ANSWERS = 256  # generated answers whose exact ids are remembered for later turns
 
 
 def load_part(name: str, loader: Callable[[], T]) -> T:
@@ -55,57 +47,6 @@ def load_part(name: str, loader: Callable[[], T]) -> T:
                           "`edgevlm verify` checks every file") from None  # fmt: skip
 
 
-def prompt_encoder(manifest: Manifest, tokenizer: Tokenizer) -> PromptEncoder:
-    """The bundle's prompt format over its tokenizer, with the control-token ids its manifest recorded."""
-    check_ids(manifest.tokens, tokenizer)
-    fmt = models.family(manifest.model.family).prompt_format(manifest.model)
-    return PromptEncoder(tokenizer, fmt, manifest.tokens, manifest.model.tokens_per_tile)
-
-
-def tiling_of(manifest: Manifest) -> Tiling:
-    """The tiling a bundle's model was trained with (its tile limits as converted)."""
-    return models.family(manifest.model.family).tiling(manifest.model, manifest.min_tiles, manifest.max_tiles)
-
-
-def encode_image(manifest: Manifest, source: ImageSource, *, max_tiles: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:  # fmt: skip
-    """Load and tile an image as a bundle's model wants it (features are computed when first needed)."""
-    tiles = tiling_of(manifest).capped(max_tiles).load(source, max_pixels=max_pixels)
-    return EncodedImage(tiles, hashlib.sha1(tiles.pixels.tobytes()).hexdigest())
-
-
-@dataclass
-class Prepared:
-    """A request ready to run: the conversation, its token ids, and its images in order."""
-
-    turns: list[Turn]
-    system: str | None
-    ids: list[int]
-    images: list[EncodedImage]
-
-
-@dataclass
-class TurnStats:
-    """What one answer cost."""
-
-    images: int = 0
-    tiles: int = 0
-    vision_ms: float = 0.0
-    prompt_tokens: int = 0  # the whole conversation so far
-    cached_tokens: int = 0  # re-used from the KV cache
-    generation: GenerationStats = field(default_factory=GenerationStats)
-    ttft_ms: float = 0.0  # request to first token: vision + prefill + first sample
-
-    def summary(self) -> str:
-        g = self.generation
-        return (
-            f"images {self.images} ({self.tiles} tiles, vision {self.vision_ms:.0f} ms) | "
-            f"prompt {self.prompt_tokens} tokens ({self.cached_tokens} cached, prefill {g.prompt_tokens} in "
-            f"{g.prefill_ms:.0f} ms, {g.prefill_tok_s:.0f} tok/s) | first token {self.ttft_ms:.0f} ms | "
-            f"answer {g.generated_tokens} tokens, {g.decode_tok_s:.1f} tok/s | end: {g.finish_reason}"
-        )
-
-
 def _common_prefix(a: Sequence[object], b: Sequence[object]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -114,8 +55,8 @@ def _common_prefix(a: Sequence[object], b: Sequence[object]) -> int:
     return n
 
 
-class VLM:
-    """An InternVL3 bundle ready to answer."""
+class VLM(Chatting):
+    """A bundle ready to answer on the CPU (ONNX Runtime)."""
 
     def __init__(self, folder: str | Path, *, threads: int | None = None, verify: bool = False) -> None:
         self.folder = Path(folder)
@@ -137,19 +78,41 @@ class VLM:
         self._cached: list[object] = []  # one key per KV row: a token id, or (image digest, row) for image rows
         self._ends: set[int] = set()  # lengths of _cached where the last request's prompt and answer end
         self._public = self.prompt.encode([], None)  # the template's opening, with the default system message
+        self._answers: OrderedDict[str, tuple[int, ...]] = OrderedDict()  # answer text -> the ids generated
+        self._rendered: tuple[object, list[int]] | None = None  # the last conversation encoded, and its ids
 
     @property
     def context_length(self) -> int:
         return self.manifest.context_length
 
+    @property
+    def decode_bytes(self) -> int:
+        """Bytes of the language model's weights (the manifest's record of its data file): what one
+        decode step reads."""
+        entry = self.manifest.files.get(f"{self.manifest.parts['llm'].file}.data")
+        return int(entry["size"]) if entry else 0
+
     def encode_image(self, source: ImageSource, *, max_tiles: int | None = None,
                      max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:  # fmt: skip
         return encode_image(self.manifest, source, max_tiles=max_tiles, max_pixels=max_pixels)
 
-    def answer(self, request: Prepared, params: SamplingParams, stats: TurnStats) -> Iterator[StreamChunk]:
-        """Stream the answer to a prepared request (the server's entry point: requests of several clients
-        share the cache, so re-use never reveals how much of another client's prompt a request matched)."""
-        return self.generate(request.ids, request.images, params, stats, shared=True)
+    def prompt_ids(self, conversation: Conversation) -> list[int]:
+        """The conversation's token ids, with the exact ids of answers this engine generated."""
+        key = (tuple(conversation.turns), conversation.system)
+        if self._rendered is None or self._rendered[0] != key:
+            ids = self.prompt.encode(conversation.turns, conversation.system, known=self._answers)
+            self._rendered = (key, ids)
+        return self._rendered[1]
+
+    def count_tokens(self, conversation: Conversation) -> int:
+        return len(self.prompt_ids(conversation))
+
+    def stream(self, conversation: Conversation, params: SamplingParams, stats: TurnStats, *,
+               shared: bool = False) -> Iterator[StreamChunk]:  # fmt: skip
+        """Stream the answer to a conversation. With `shared` (the server: requests of several clients share
+        the cache) re-use never reveals how much of another client's prompt a request matched."""
+        ids = self.prompt_ids(conversation)
+        return self._generate(ids, conversation.images, params, stats, shared=shared)
 
     def _features(self, image: EncodedImage, stats: TurnStats) -> np.ndarray:
         if image.features is None:
@@ -178,10 +141,9 @@ class VLM:
                 embeds[pos - start] = self._features(by_digest[key[0]], stats)[key[1]]
         return embeds
 
-    def generate(self, ids: list[int], images: Sequence[EncodedImage], params: SamplingParams,
-                 stats: TurnStats | None = None, *, shared: bool = False) -> Iterator[StreamChunk]:  # fmt: skip
+    def _generate(self, ids: list[int], images: Sequence[EncodedImage], params: SamplingParams,
+                  stats: TurnStats, *, shared: bool) -> Iterator[StreamChunk]:  # fmt: skip
         """Stream the answer to a fully rendered prompt, re-using the cached prefix (see `_reuse`)."""
-        stats = stats if stats is not None else TurnStats()
         begin = time.perf_counter()
         keys = self._keys(ids, images)
         reuse = self._reuse(keys, shared)
@@ -200,6 +162,7 @@ class VLM:
                 stats.generation = chunk.stats
                 yield chunk
         finally:
+            self._remember(generated, params.stop_ids)
             fed = keys + generated[:-1]  # the last token was sampled but never fed back
             self._cached = fed if self.lm.position == len(fed) else fed[: min(len(fed), self.lm.position)]
             self._ends = {n for n in (len(keys), len(self._cached)) if n <= len(self._cached)}
@@ -214,20 +177,15 @@ class VLM:
         public = len(self._public) if keys[: len(self._public)] == self._public else 0
         return max((n for n in (*self._ends, public) if n <= common), default=0)
 
-    def session(self, system: str | None = None, *, max_tiles: int | None = None) -> ChatSession:
-        return ChatSession(self, system=system, max_tiles=max_tiles)
-
-    def chat(self, question: str, images: Sequence[ImageSource] = (), *, stream: bool = False,
-             system: str | None = None, max_tiles: int | None = None, max_tokens: int = 512,
-             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
-             seed: int | None = None) -> str | Iterator[str]:  # fmt: skip
-        """One question (with images) in a fresh conversation; the answer, or its pieces with stream=True."""
-        return self.session(system, max_tiles=max_tiles).chat(
-            question, images, stream=stream, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-            top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
-        )  # fmt: skip
+    def _remember(self, generated: list[int], stop_ids: Sequence[int]) -> None:
+        """Keep the ids of an answer under its text, as a session will send it back in the next turn."""
+        answer = generated[:-1] if generated and generated[-1] in stop_ids else generated
+        if answer:
+            self._answers[self.tokenizer.decode(answer, skip_special_tokens=True)] = tuple(answer)
+            while len(self._answers) > KNOWN_ANSWERS:
+                self._answers.popitem(last=False)
 
 
 def load(path: str | Path, *, threads: int | None = None, verify: bool = False) -> VLM:
-    """Open a bundle made by `edgevlm convert`."""
+    """Open a bundle made by `edgevlm convert` on the CPU."""
     return VLM(path, threads=threads, verify=verify)

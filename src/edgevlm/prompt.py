@@ -64,17 +64,24 @@ class Turn:
     answer: str | None = None
 
 
+TEMPLATE, USER, IDS = "template", "user", "ids"
+
+
 @dataclass
 class Parts:
-    """A rendered prompt: a list of (trusted, text) pieces."""
+    """A rendered prompt: a list of (kind, piece): template text (trusted), user text, or token ids
+    already known (an answer the model generated, as it generated it)."""
 
-    items: list[tuple[bool, str]] = field(default_factory=list)
+    items: list[tuple[str, str | Sequence[int]]] = field(default_factory=list)
 
     def template(self, text: str) -> None:
-        self.items.append((True, text))
+        self.items.append((TEMPLATE, text))
 
     def user(self, text: str) -> None:
-        self.items.append((False, text))
+        self.items.append((USER, text))
+
+    def ids(self, ids: Sequence[int]) -> None:
+        self.items.append((IDS, ids))
 
 
 class PromptEncoder:
@@ -112,12 +119,17 @@ class PromptEncoder:
         parts.user(turn.question)
         parts.template(t.user[1] + t.assistant[0])
 
-    def _render_answer(self, parts: Parts, answer: str) -> None:
-        parts.user(answer)
+    def _render_answer(self, parts: Parts, answer: str, known: Mapping[str, Sequence[int]]) -> None:
+        if answer in known:
+            parts.ids(known[answer])
+        else:
+            parts.user(answer)
         parts.template(self.template.assistant[1])
 
-    def render(self, turns: Sequence[Turn], system: str | None = None) -> Parts:
-        """The whole conversation, ending with the assistant header of the last turn."""
+    def render(self, turns: Sequence[Turn], system: str | None = None,
+               known: Mapping[str, Sequence[int]] | None = None) -> Parts:  # fmt: skip
+        """The whole conversation, ending with the assistant header of the last turn. An answer found in
+        `known` is put in as those ids (what the model generated) instead of re-tokenised."""
         t, parts = self.template, Parts()
         parts.template(t.system[0])
         parts.user(t.default_system if system is None else system)
@@ -127,7 +139,7 @@ class PromptEncoder:
                 raise ValueError(f"turn {i + 1} of {len(turns)} has no answer; only the last may be open")
             self._render_turn(parts, turn)
             if turn.answer is not None:
-                self._render_answer(parts, turn.answer)
+                self._render_answer(parts, turn.answer, known or {})
         return parts
 
     # -- encoding ----------------------------------------------------------------------------
@@ -142,8 +154,12 @@ class PromptEncoder:
                 ids.extend(self.encode_text("".join(pending)))
                 pending.clear()
 
-        for trusted, text in parts.items:
-            pieces = self._control_re.split(text) if trusted else [text]
+        for kind, item in parts.items:
+            if kind == IDS:
+                flush()
+                ids.extend(item)  # type: ignore[arg-type]
+                continue
+            pieces = self._control_re.split(item) if kind == TEMPLATE else [item]  # type: ignore[arg-type]
             for j, piece in enumerate(pieces):
                 if j % 2:  # re.split puts the captured control tokens at odd indexes
                     flush()
@@ -157,17 +173,9 @@ class PromptEncoder:
         """Plain text to ids: control-token strings in it stay ordinary text."""
         return self._plain.encode(text, add_special_tokens=False).ids
 
-    def encode(self, turns: Sequence[Turn], system: str | None = None) -> list[int]:
-        return self.encode_parts(self.render(turns, system))
-
-    def continue_ids(self, answer_ended: bool, turn: Turn) -> list[int]:
-        """Ids to append after a previous turn whose generated answer is already in the cache (ending
-        in its stop token when `answer_ended`, else cut short): the new user turn and the header."""
-        parts = Parts()
-        if not answer_ended:
-            parts.template(self.template.assistant[1])
-        self._render_turn(parts, turn)
-        return self.encode_parts(parts)
+    def encode(self, turns: Sequence[Turn], system: str | None = None,
+               known: Mapping[str, Sequence[int]] | None = None) -> list[int]:  # fmt: skip
+        return self.encode_parts(self.render(turns, system, known))
 
 
 def _without_added_tokens(tokenizer: Tokenizer) -> Tokenizer:

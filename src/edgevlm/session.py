@@ -1,14 +1,14 @@
-"""A conversation: history, images and the exact token ids whose KV rows the model caches.
+"""A conversation over any engine (CPU or NPU): history, images, and the one context policy.
 
-Each new turn appends to the ids of the previous one (generated tokens included), so the model
-prefills only the new turn. When a turn would not fit the context, the oldest turns are dropped
-(`dropped_turns` says how many) and the conversation is re-rendered from its text.
+Each question is sent with the whole conversation; the engine re-uses what its cache already holds,
+so a follow-up costs only its new tokens. When a question would not fit the context (with room kept
+for the answer), the oldest turns are dropped (`dropped_turns` says how many), on both backends alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .image import ImageSource
 from .prompt import Turn
@@ -17,90 +17,92 @@ from .runtime.generate import StreamChunk
 from .runtime.sampling import SamplingParams
 
 if TYPE_CHECKING:
-    from .model import VLM, EncodedImage, TurnStats
+    from .engine import Conversation, EncodedImage, Engine, TurnStats
 
 
 class ChatSession:
-    def __init__(self, model: VLM, *, system: str | None = None, max_tiles: int | None = None) -> None:
-        self.model = model
+    def __init__(self, engine: Engine, *, system: str | None = None, max_tiles: int | None = None) -> None:
+        self.engine = engine
         self.system = system
         self.max_tiles = max_tiles
         self.clear()
 
     def clear(self) -> None:
-        """Forget the conversation (the model's cache is re-used only where it still matches)."""
+        """Forget the conversation (the engine's cache is re-used only where it still matches)."""
         self.turns: list[Turn] = []
         self.images: list[EncodedImage] = []  # every image of `turns`, in order
-        self.ids: list[int] = []
-        self.answer_ended = True
         self.last_stats: TurnStats | None = None
         self.dropped_turns = 0
 
     def _reserve(self, params: SamplingParams) -> int:
         """Room kept for the answer when deciding whether a prompt fits."""
-        return min(params.max_tokens, self.model.context_length // 4)
+        return min(params.max_tokens, self.engine.context_length // 4)
 
-    def _render(self, turn: Turn, new_images: list[EncodedImage], params: SamplingParams):
-        """ids and images for history + `turn`, dropping the oldest turns if they do not fit."""
-        limit = self.model.context_length - self._reserve(params)
-        self.dropped_turns = 0
-        if self.ids:
-            ids = self.ids + self.model.prompt.continue_ids(self.answer_ended, turn)
-            if len(ids) <= limit:
-                return ids, self.images + new_images
+    def _fit(self, turn: Turn, new_images: list[EncodedImage], params: SamplingParams) -> Conversation:
+        """History + `turn`, dropping the oldest turns while they do not fit."""
+        from .engine import Conversation
+
+        limit = self.engine.context_length - self._reserve(params)
         turns, images = list(self.turns), list(self.images)
+        self.dropped_turns = 0
         while True:
-            ids = self.model.prompt.encode([*turns, turn], self.system)
-            if len(ids) <= limit or not turns:
+            conversation = Conversation([*turns, turn], images + new_images, self.system)
+            needed = self.engine.count_tokens(conversation)
+            if needed <= limit or not turns:
                 break
             dropped = turns.pop(0)
             images = images[len(dropped.image_tiles) :]
             self.dropped_turns += 1
-        if len(ids) > limit:
-            tiles = sum(turn.image_tiles)
+        if needed > limit:
             raise ContextOverflow(
-                f"this question needs {len(ids)} prompt tokens ({tiles} image tiles x "
-                f"{self.model.config.tokens_per_tile}) plus {self._reserve(params)} for the answer, but the "
-                f"context holds {self.model.context_length}: use fewer tiles (--max-tiles) or convert with a "
-                "larger --max-context"
+                f"this question needs {needed} prompt tokens ({sum(turn.image_tiles)} image tiles) plus "
+                f"{self._reserve(params)} for the answer, but the context holds {self.engine.context_length}: "
+                "use fewer tiles or a bundle with a larger context"
             )
         self.turns, self.images = turns, images
-        return ids, images + new_images
+        return conversation
 
     def ask(self, question: str, images: Sequence[ImageSource] = (), params: SamplingParams | None = None
             ) -> Iterator[StreamChunk]:  # fmt: skip
         """Stream the answer to one user turn; the turn and its (possibly partial) answer join the history.
 
         Bad images and prompts that cannot fit raise here, before any streaming starts."""
-        from .model import TurnStats
+        from .engine import TurnStats
 
         params = params or SamplingParams()
-        new_images = [self.model.encode_image(src, max_tiles=self.max_tiles) for src in images]
+        new_images = [self.engine.encode_image(src, max_tiles=self.max_tiles) for src in images]
         turn = Turn(question, tuple(img.tiles.count for img in new_images))
-        ids, all_images = self._render(turn, new_images, params)
-        stats = self.last_stats = TurnStats()
-        return self._run(question, turn, ids, all_images, params, stats)
+        conversation = self._fit(turn, new_images, params)
+        self.last_stats = TurnStats()
+        return self._run(conversation, params, self.last_stats)
 
-    def _run(self, question: str, turn: Turn, ids: list[int], all_images: list[EncodedImage],
-             params: SamplingParams, stats: TurnStats) -> Iterator[StreamChunk]:  # fmt: skip
-        generated: list[int] = []
+    def _run(self, conversation: Conversation, params: SamplingParams, stats: TurnStats) -> Iterator[StreamChunk]:
+        pieces: list[str] = []
         try:
-            for chunk in self.model.generate(ids, all_images, params, stats):
-                generated.append(chunk.token)
+            for chunk in self.engine.stream(conversation, params, stats):
+                pieces.append(chunk.text)
                 yield chunk
         finally:
-            stop = set(params.stop_ids or self.model.prompt.stop_ids)
-            answer = self.model.tokenizer.decode([t for t in generated if t not in stop], skip_special_tokens=True)
-            self.turns.append(Turn(question, turn.image_tiles, answer))
-            self.images = all_images
-            self.ids = ids + generated
-            self.answer_ended = bool(generated) and generated[-1] in stop
+            turn = conversation.turns[-1]
+            self.turns.append(Turn(turn.question, turn.image_tiles, "".join(pieces)))
+            self.images = conversation.images
 
-    def chat(self, question: str, images: Sequence[ImageSource] = (), *, stream: bool = False, max_tokens: int = 512,
-             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0,
-             seed: int | None = None) -> str | Iterator[str]:  # fmt: skip
-        """The answer as a string, or with stream=True an iterator of text pieces."""
-        params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens,
-                                repetition_penalty=repetition_penalty, seed=seed)  # fmt: skip
-        pieces = (chunk.text for chunk in self.ask(question, images, params))
+    def chat(self, question: str, images: Sequence[ImageSource] = (), *, stream: bool = False,
+             **sampling: Any) -> str | Iterator[str]:  # fmt: skip
+        """The answer as a string, or with stream=True an iterator of text pieces. `sampling` takes the
+        fields of SamplingParams (max_tokens, temperature, top_p, top_k, repetition_penalty, seed)."""
+        pieces = (chunk.text for chunk in self.ask(question, images, SamplingParams(**sampling)))
         return pieces if stream else "".join(pieces)
+
+
+class Chatting:
+    """`session()` and `chat()` for an engine (both backends share them)."""
+
+    def session(self, system: str | None = None, *, max_tiles: int | None = None) -> ChatSession:
+        return ChatSession(self, system=system, max_tiles=max_tiles)  # type: ignore[arg-type]
+
+    def chat(self, question: str, images: Sequence[ImageSource] = (), *, stream: bool = False,
+             system: str | None = None, max_tiles: int | None = None,
+             **sampling: Any) -> str | Iterator[str]:  # fmt: skip
+        """One question (with images) in a fresh conversation; the answer, or its pieces with stream=True."""
+        return self.session(system, max_tiles=max_tiles).chat(question, images, stream=stream, **sampling)

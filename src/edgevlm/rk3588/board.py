@@ -1,9 +1,11 @@
-"""A conversation on the RK3588 NPU: RKNN-Lite for the vision encoder, RKLLM for the language model.
+"""The NPU engine on the RK3588: RKNN-Lite for the vision encoder, RKLLM for the language model.
 
+It implements the same interface as the CPU engine (engine.py): a Conversation in, StreamChunks out.
 RKLLM works per turn: it takes the prompt as text, with `<image>` where each image's embeddings go
-(it expands that to `<img>` + `<IMG_CONTEXT>` x n + `</img>` itself), keeps its own KV cache
-across turns (`keep_history`), and streams text back. The prompt is rendered with edgevlm's own
-template; text typed by the user has control-token strings broken apart first, because RKLLM
+(it expands that to the family's image tokens itself), keeps its own KV cache across turns
+(`keep_history`), and streams text back. The engine sends RKLLM only the text its cache lacks, and
+clears the cache when a conversation does not continue what it holds. The prompt is rendered with
+the bundle's own template; user text has control-token strings broken apart first, because RKLLM
 tokenises the whole prompt and would otherwise read them as control tokens.
 """
 
@@ -14,17 +16,17 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..bundle import Manifest
-from ..image import DEFAULT_MAX_PIXELS, ImageSource, Tiling
-from ..model import EncodedImage, Prepared, TurnStats, encode_image, prompt_encoder, tiling_of
-from ..prompt import PromptEncoder, PromptFormat, Turn
+from ..engine import Conversation, EncodedImage, TurnStats, encode_image, prompt_encoder, tiling_of
+from ..image import DEFAULT_MAX_PIXELS, ImageSource
+from ..prompt import TEMPLATE, PromptEncoder, PromptFormat, Turn
 from ..runtime.generate import GenerationStats, StreamChunk
 from ..runtime.sampling import SamplingParams
+from ..session import Chatting
 from .rkllm import Perf, RkllmError, RkllmModel
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -51,101 +53,93 @@ def rkllm_prompt(encoder: PromptEncoder, turns: Sequence[Turn], system: str | No
     f: PromptFormat = encoder.format
     block = re.compile(re.escape(f.image_start) + f"(?:{re.escape(f.image_token)})+" + re.escape(f.image_end))
     out = []
-    for trusted, text in encoder.render(turns, system).items:
-        out.append(block.sub(IMAGE_PLACEHOLDER, text) if trusted else defuse(text, added_tokens(encoder)))
+    for kind, text in encoder.render(turns, system).items:
+        assert isinstance(text, str)  # no known ids: RKLLM takes text
+        out.append(block.sub(IMAGE_PLACEHOLDER, text) if kind == TEMPLATE else defuse(text, added_tokens(encoder)))
     return "".join(out)
 
 
-@dataclass
-class BoardStats:
-    images: int = 0
-    vision_ms: float = 0.0
-    perf: Perf = field(default_factory=Perf)
+class BoardModel(Chatting):
+    """A bundle's NPU artifacts ready to answer. RKLLM holds one conversation in its cache, so sessions of
+    one model take turns, not run at once. RKLLM samples by its own settings (greedy by default), not
+    per request: of the sampling parameters only max_tokens applies."""
 
-    def summary(self) -> str:
-        p = self.perf
-        rate = p.generate_tokens / (p.generate_ms / 1000) if p.generate_ms else 0.0
-        return (f"NPU | images {self.images}, vision {self.vision_ms:.0f} ms | prefill {p.prefill_tokens} tokens "
-                f"in {p.prefill_ms:.0f} ms | answer {p.generate_tokens} tokens, {rate:.1f} tok/s | "
-                f"{p.memory_mb:.0f} MB")  # fmt: skip
-
-
-class BoardSession:
-    """History plus RKLLM's own cache: each turn sends only the text RKLLM has not seen."""
-
-    def __init__(self, encoder: PromptEncoder, vision: object, llm: RkllmModel, *, system: str | None = None,
-                 tiling: Tiling | None = None) -> None:  # fmt: skip
-        self.encoder, self.vision, self.llm = encoder, vision, llm
-        self.system, self.tiling = system, tiling or Tiling()
-        self.load_times = {"llm": 0.0, "vision": 0.0}
-        self.clear()
-
-    def clear(self) -> None:
-        self.turns: list[Turn] = []
+    def __init__(self, manifest: Manifest, encoder: PromptEncoder, vision: object, llm: RkllmModel,
+                 load_times: dict[str, float] | None = None) -> None:  # fmt: skip
+        self.manifest, self.prompt, self.tokenizer = manifest, encoder, encoder.tokenizer
+        self.vision, self.llm = vision, llm
+        self.load_times = load_times or {"llm": 0.0, "vision": 0.0}
         self.sent = ""  # the prompt text RKLLM holds in its cache
-        self.last_stats = BoardStats()
-        self.dropped_turns = 0
 
-    def _features(self, pixels: Sequence[np.ndarray]) -> np.ndarray | None:
-        """Features [n_image, tiles*256, H] on the NPU; RKLLM needs one token count for all images."""
-        if not pixels:
+    @property
+    def context_length(self) -> int:
+        return self.manifest.context_length
+
+    @property
+    def decode_bytes(self) -> int:
+        """Unknown: the weights are RKLLM's own (0, so the bench reports no bandwidth ceiling)."""
+        return 0
+
+    def encode_image(self, source: ImageSource, *, max_tiles: int | None = None,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:  # fmt: skip
+        return encode_image(self.manifest, source, max_tiles=max_tiles, max_pixels=max_pixels)
+
+    def count_tokens(self, conversation: Conversation) -> int:
+        """RKLLM tokenises with the same tokenizer, so the count is the bundle's."""
+        return len(self.prompt.encode(conversation.turns, conversation.system))
+
+    def _features(self, images: Sequence[EncodedImage], stats: TurnStats) -> np.ndarray | None:
+        """Features [n_image, tiles*rows, H] on the NPU; RKLLM needs one token count for all images."""
+        if not images:
             return None
-        counts = [len(p) for p in pixels]
+        counts = [img.tiles.count for img in images]
         if len(set(counts)) > 1:
             raise ValueError(f"RKLLM needs the same number of tiles for every image of a turn, got {counts}: "
                              "use --max-tiles 1, or send one image per turn")  # fmt: skip
         start = time.perf_counter()
-        feats = [self.vision.encode(p).reshape(-1, self.vision.shape[1]) for p in pixels]  # type: ignore[attr-defined]
-        self.last_stats.vision_ms = (time.perf_counter() - start) * 1000
+        width = self.vision.shape[1]  # type: ignore[attr-defined]
+        feats = [self.vision.encode(img.tiles.pixels).reshape(-1, width) for img in images]  # type: ignore[attr-defined]
+        stats.vision_ms = (time.perf_counter() - start) * 1000
         return np.stack(feats)
 
-    def ask(self, question: str, images: Sequence[ImageSource] = (), *, max_tokens: int = 512) -> Iterator[str]:
-        """Stream the answer; closing the iterator (Ctrl-C, a client gone) aborts the run."""
-        tiles = [self.tiling.load(src) for src in images]
-        turn = Turn(question, tuple(t.count for t in tiles))
-        pieces = self.run_prompt(rkllm_prompt(self.encoder, [*self.turns, turn], self.system),
-                                 [t.pixels for t in tiles], max_tokens)  # fmt: skip
-        return self._recorded(turn, pieces)
-
-    def _recorded(self, turn: Turn, pieces: Iterator[tuple[str, int]]) -> Iterator[str]:
-        answer: list[str] = []
-        try:
-            for text, _ in pieces:
-                answer.append(text)
-                yield text
-        finally:
-            pieces.close()  # type: ignore[attr-defined]
-            self.turns.append(Turn(turn.question, turn.image_tiles, "".join(answer)))
-
-    def run_prompt(self, full: str, pixels: Sequence[np.ndarray], max_tokens: int) -> Iterator[tuple[str, int]]:
-        """Run a whole rendered conversation, sending RKLLM only what its cache lacks; yields (text, token).
-        `pixels` are the tiles of every image of the conversation, in order."""
+    def stream(self, conversation: Conversation, params: SamplingParams, stats: TurnStats, *,
+               shared: bool = False) -> Iterator[StreamChunk]:  # fmt: skip
+        """Stream RKLLM's answer to a conversation, sending it only what its cache lacks. (RKLLM re-uses
+        its cache only when the conversation continues the whole of what it holds, so nothing of another
+        client's prompt shows, shared or not.)"""
+        full = rkllm_prompt(self.prompt, conversation.turns, conversation.system)
         if self.sent and full.startswith(self.sent):
             new = full[len(self.sent) :]
-        else:  # first turn, or a history RKLLM does not hold (cleared, edited)
+        else:  # first turn, or a history RKLLM does not hold (cleared, edited, another client's)
             self.llm.clear_kv_cache()
-            new = full
+            self.sent, new = "", full
         n_new = new.count(IMAGE_PLACEHOLDER)
-        self.last_stats = BoardStats(images=n_new)
-        features = self._features(list(pixels)[len(pixels) - n_new :] if n_new else [])
-        return self._stream(full, new, features, max_tokens)
+        images = conversation.images
+        stats.images, stats.tiles = len(images), sum(img.tiles.count for img in images)
+        stats.prompt_tokens = self.count_tokens(conversation)
+        features = self._features(images[len(images) - n_new :] if n_new else [], stats)
+        return self._run(full, new, features, params, stats)
 
-    def _stream(self, full: str, new: str, features: np.ndarray | None,
-                max_tokens: int) -> Iterator[tuple[str, int]]:  # fmt: skip
+    def _run(self, full: str, new: str, features: np.ndarray | None, params: SamplingParams,
+             stats: TurnStats) -> Iterator[StreamChunk]:  # fmt: skip
+        """RKLLM in a thread, its pieces as StreamChunks; the last one carries the finish reason."""
+        begin = time.perf_counter()
+        g = stats.generation = GenerationStats()
         pieces: queue.Queue = queue.Queue()
         stop = threading.Event()
         answer: list[str] = []
+        perf: list[Perf] = []
 
         def on_text(text: str, token: int) -> bool:
             pieces.put((text, token))
             return not stop.is_set()
 
         def run() -> None:
+            f, tile = self.prompt.format, tiling_of(self.manifest).tile
             try:
-                f = self.encoder.format
-                self.last_stats.perf = self.llm.run(new, on_text, images=features, keep_history=True,
-                                                    image_tokens=(f.image_start, f.image_end, f.image_token),
-                                                    max_new_tokens=max_tokens)  # fmt: skip
+                perf.append(self.llm.run(new, on_text, images=features, keep_history=True,
+                                         max_new_tokens=params.max_tokens, image_size=(tile, tile),
+                                         image_tokens=(f.image_start, f.image_end, f.image_token)))  # fmt: skip
             except Exception as e:  # handed to the reader
                 pieces.put(e)
             finally:
@@ -153,104 +147,49 @@ class BoardSession:
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
+        held: StreamChunk | None = None  # one chunk behind, so the last can carry the finish reason
         try:
             while (item := pieces.get()) is not None:
                 if isinstance(item, Exception):
                     raise item
+                if held is not None:
+                    yield held
+                elif not g.generated_tokens:
+                    stats.ttft_ms = (time.perf_counter() - begin) * 1000
                 answer.append(item[0])
-                yield item
+                g.generated_tokens += 1
+                held = StreamChunk(item[0], item[1], g)
+            self._finish(stats, perf[0] if perf else Perf(), params)
+            yield held or StreamChunk("", self.prompt.stop_ids[0], g)  # an empty answer ends at once
         finally:
             stop.set()
             self.llm.abort() if worker.is_alive() else None
             worker.join()
-            # RKLLM's cache now holds the prompt, the answer and its end-of-turn token.
-            self.sent = full + "".join(answer) + self.encoder.template.assistant[1]
+            ended = g.finish_reason == "stop"  # RKLLM's cache then holds the end-of-turn token too
+            self.sent = full + "".join(answer) + (self.prompt.template.assistant[1] if ended else "")
+
+    @staticmethod
+    def _finish(stats: TurnStats, p: Perf, params: SamplingParams) -> None:
+        """RKLLM's figures into the stats. Like the CPU's, the count of generated tokens includes the
+        stop token when the answer ended by itself (RKLLM's own count has none)."""
+        g = stats.generation
+        produced = max(p.generate_tokens, g.generated_tokens)
+        g.finish_reason = "length" if produced >= params.max_tokens else "stop"
+        g.prompt_tokens, g.prefill_ms, g.decode_ms = p.prefill_tokens, p.prefill_ms, p.generate_ms
+        g.generated_tokens = produced + (g.finish_reason == "stop")
+        stats.cached_tokens = max(0, stats.prompt_tokens - p.prefill_tokens)
+        stats.memory_mb = p.memory_mb
 
 
-class BoardModel:
-    """The board's counterpart of `edgevlm.model.VLM` for the Python API: sessions and one-off chats.
-    RKLLM holds one conversation in its cache, so sessions of one model take turns, not run at once."""
-
-    def __init__(self, bundle: str | Path, *, library: str = "librkllmrt.so", target: str = "rk3588") -> None:
-        from ..bundle import open_bundle
-
-        self.manifest = open_bundle(bundle)
-        self.session_ = load_board_session(bundle, library=library, target=target, manifest=self.manifest)
-
-    @classmethod
-    def from_parts(cls, manifest: Manifest, session: BoardSession) -> BoardModel:
-        model = cls.__new__(cls)
-        model.manifest, model.session_ = manifest, session
-        return model
-
-    @property
-    def context_length(self) -> int:
-        return self.manifest.context_length
-
-    @property
-    def load_times(self) -> dict[str, float]:
-        return self.session_.load_times
-
-    @property
-    def prompt(self) -> PromptEncoder:
-        return self.session_.encoder
-
-    def encode_image(self, source: ImageSource, *, max_tiles: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
-                     ) -> EncodedImage:  # fmt: skip
-        return encode_image(self.manifest, source, max_tiles=max_tiles, max_pixels=max_pixels)
-
-    def answer(self, request: Prepared, params: SamplingParams, stats: TurnStats) -> Iterator[StreamChunk]:
-        """The server's entry point: a whole conversation in, RKLLM's answer out as StreamChunks.
-        RKLLM samples by its own settings (from the bundle's defaults), not per request."""
-        s = self.session_
-        full = rkllm_prompt(s.encoder, request.turns, request.system)
-        begin = time.perf_counter()
-        pieces = s.run_prompt(full, [img.tiles.pixels for img in request.images], params.max_tokens)
-        g = stats.generation = GenerationStats()
-        stats.prompt_tokens, stats.images = len(request.ids), len(request.images)
-        stats.tiles = sum(img.tiles.count for img in request.images)
-        try:
-            for text, token in pieces:
-                if not g.generated_tokens:
-                    stats.ttft_ms = (time.perf_counter() - begin) * 1000
-                g.generated_tokens += 1
-                yield StreamChunk(text, token, g)
-        finally:
-            pieces.close()  # type: ignore[attr-defined]
-            p = s.last_stats.perf
-            stats.vision_ms = s.last_stats.vision_ms
-            stats.cached_tokens = max(0, len(request.ids) - p.prefill_tokens)
-            g.prompt_tokens, g.prefill_ms, g.decode_ms = p.prefill_tokens, p.prefill_ms, p.generate_ms
-            produced = max(p.generate_tokens, g.generated_tokens)  # the runtime's count, when it gives one
-            g.finish_reason = "length" if produced >= params.max_tokens else "stop"
-            # Usage counts generated tokens less the stop token; RKLLM's count has none to take off.
-            g.generated_tokens = produced + (g.finish_reason == "stop")
-        yield StreamChunk("", -1, g)  # the closing chunk carries the finish reason
-
-    def session(self, system: str | None = None, *, max_tiles: int | None = None) -> BoardSession:
-        s = self.session_
-        s.system, s.tiling = system, tiling_of(self.manifest).capped(max_tiles)
-        s.clear()
-        return s
-
-    def chat(self, question: str, images: Sequence[ImageSource] = (), *, stream: bool = False,
-             system: str | None = None, max_tiles: int | None = None,
-             max_tokens: int = 512) -> str | Iterator[str]:  # fmt: skip
-        pieces = self.session(system, max_tiles=max_tiles).ask(question, images, max_tokens=max_tokens)
-        return pieces if stream else "".join(pieces)
-
-
-def load_board_session(bundle: str | Path, *, system: str | None = None, max_tiles: int | None = None,
-                       library: str = "librkllmrt.so", target: str = "rk3588",
-                       manifest: Manifest | None = None) -> BoardSession:  # fmt: skip
-    """A BoardSession for a bundle with its `export-rk3588` artifacts (on the board itself)."""
+def load_board(bundle: str | Path, *, library: str = "librkllmrt.so", target: str = "rk3588") -> BoardModel:
+    """The NPU engine for a bundle with its `export-rk3588` artifacts (on the board itself)."""
     from tokenizers import Tokenizer
 
     from ..bundle import open_bundle
     from .rknn_lite import RknnError, RknnVisionEncoder
 
     folder = Path(bundle)
-    m = manifest or open_bundle(folder)
+    m = open_bundle(folder)
     for part in (f"vision_{target}", f"llm_{target}"):
         if part not in m.parts:
             raise BoardError(f"{folder} has no {part} artifact: run `edgevlm export-rk3588` (and the .rkllm recipe)")
@@ -266,6 +205,4 @@ def load_board_session(bundle: str | Path, *, system: str | None = None, max_til
         raise BoardError("rknn-toolkit-lite2 is not installed (pip install rknn-toolkit-lite2 on the board)") from None
     except (RknnError, RkllmError) as e:
         raise BoardError(str(e)) from None
-    session = BoardSession(encoder, vision, llm, system=system, tiling=tiling_of(m).capped(max_tiles))
-    session.load_times = load_times
-    return session
+    return BoardModel(m, encoder, vision, llm, load_times)

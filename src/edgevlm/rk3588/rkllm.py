@@ -213,10 +213,11 @@ class RkllmModel:
         return 0
 
     def run(self, prompt: str, on_text: Callable[[str, int], bool | None], *, images: np.ndarray | None = None,
-            image_size: tuple[int, int] = (448, 448), image_tokens: tuple[str, str, str] | None = None,
+            image_size: tuple[int, int] | None = None, image_tokens: tuple[str, str, str] | None = None,
             keep_history: bool = True, max_new_tokens: int = 512) -> Perf:  # fmt: skip
         """One turn. `prompt` holds one `<image>` per image; `images` is float32 [n_image, n_tokens, dim];
-        `image_tokens` the (start, end, content) strings RKLLM puts around and in each image's rows.
+        `image_tokens` the (start, end, content) strings RKLLM puts around and in each image's rows, and
+        `image_size` the (width, height) of a tile.
         `on_text(text, token)` may return False to stop the answer."""
         self._on_text, self._error, self._perf = on_text, None, Perf()
         self._decoder.reset()
@@ -226,8 +227,8 @@ class RkllmModel:
             inp.input_type = INPUT_PROMPT
             inp.input_data.prompt_input = encoded
         else:
-            if image_tokens is None:
-                raise ValueError("a multimodal run needs the image_tokens of the model's prompt format")
+            if image_tokens is None or image_size is None:
+                raise ValueError("a multimodal run needs the image size and image tokens of the model")
             embeds = np.ascontiguousarray(images, dtype=np.float32)
             inp.input_type = INPUT_MULTIMODAL
             mm = inp.input_data.multimodal_input

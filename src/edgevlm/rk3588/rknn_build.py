@@ -63,9 +63,9 @@ def main() -> int:
     p.add_argument("--onnx", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--target", default="rk3588")
-    p.add_argument("--tile", required=True, help="uint8 [448,448,3] .npy test tile")
+    p.add_argument("--tile", required=True, help="uint8 [T,T,3] .npy test tile")
     p.add_argument("--ref", required=True, help="ONNX Runtime fp32 features of that tile (.npy)")
-    p.add_argument("--pixels", help="normalised tiles [N,3,448,448] (.npy) to run through the board backend class")
+    p.add_argument("--pixels", help="normalised tiles [N,3,T,T] (.npy) to run through the board backend class")
     p.add_argument("--features-out", help="where to save those tiles' features (.npy)")
     args = p.parse_args()
     pixels = np.load(args.pixels) if args.pixels else None

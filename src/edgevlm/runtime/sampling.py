@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+DEFAULT_MAX_TOKENS = 512  # an answer's length when nobody says (the server caps it to the room left)
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -18,7 +20,7 @@ class SamplingParams:
     top_p: float = 1.0  # 1: no nucleus cut
     repetition_penalty: float = 1.0  # 1: off; >1 discourages tokens already seen (HF's rule)
     seed: int | None = None
-    max_tokens: int = 512
+    max_tokens: int = DEFAULT_MAX_TOKENS
     stop_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:

@@ -26,8 +26,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from ..engine import Conversation, Engine, TurnStats
 from ..image import ImageError
-from ..model import VLM, Prepared, TurnStats
 from ..runtime.decoder import ContextOverflow
 from ..runtime.generate import StreamChunk
 from ..runtime.memory import pin_mmap_threshold
@@ -141,7 +141,7 @@ async def _disconnected(request: Request) -> None:
 
 
 class Server:
-    def __init__(self, model: VLM, settings: ServerSettings) -> None:
+    def __init__(self, model: Engine, settings: ServerSettings) -> None:
         self.model, self.settings = model, settings
         self.name = settings.model_name or settings.model.name
         self.lock = asyncio.Lock()  # the model: one generation at a time
@@ -197,7 +197,7 @@ class Server:
 
     # -- the request -------------------------------------------------------------------------
 
-    def _prepare(self, req: ChatRequest) -> tuple[Prepared, SamplingParams]:
+    def _prepare(self, req: ChatRequest) -> tuple[Conversation, SamplingParams]:
         """Fetch and tile the images and render the prompt (worker thread: CPU and I/O)."""
         images = []
         for url in req.image_urls():
@@ -205,21 +205,21 @@ class Server:
                 data = fetch_image(url, self.settings)
                 images.append(self.model.encode_image(data, max_tiles=self.settings.max_tiles,
                                                       max_pixels=self.settings.max_image_pixels))  # fmt: skip
-            except ImageError as e:
+            except (ImageError, ValueError) as e:
                 raise RequestError(f"bad image: {e}", param="messages") from None
-        turns = req.as_turns([img.tiles.count for img in images])
-        ids = self.model.prompt.encode(turns, req.system)
-        room = self.model.context_length - len(ids)
+        conversation = Conversation(req.as_turns([img.tiles.count for img in images]), images, req.system)
+        n = self.model.count_tokens(conversation)
+        room = self.model.context_length - n
         if room < 1:
-            raise RequestError(f"the prompt has {len(ids)} tokens, more than the context of "
+            raise RequestError(f"the prompt has {n} tokens, more than the context of "
                                f"{self.model.context_length} holds", param="messages")  # fmt: skip
         params = req.params
         if not req.max_tokens_given:  # the default answer length, capped to the room left
             params = SamplingParams(**{**vars(params), "max_tokens": min(DEFAULT_MAX_TOKENS, room)})
         elif params.max_tokens > room:
-            raise RequestError(f"the prompt has {len(ids)} tokens, so max_tokens {params.max_tokens} is beyond "
+            raise RequestError(f"the prompt has {n} tokens, so max_tokens {params.max_tokens} is beyond "
                                f"the context of {self.model.context_length}", param="max_tokens")  # fmt: skip
-        return Prepared(turns, req.system, ids, images), params
+        return conversation, params
 
     async def chat(self, request: Request) -> Response:
         refusal = self._refusal(request)
@@ -232,7 +232,7 @@ class Server:
         if not self._admit():
             return error(429, f"the server is busy ({self.places - 1} requests waiting); try again shortly")
         try:
-            prepared, params = await asyncio.to_thread(self._prepare, req)
+            conversation, params = await asyncio.to_thread(self._prepare, req)
             if not await self._wait_for_model(request):
                 self._leave()
                 return Response(status_code=499)  # nobody is listening any more
@@ -243,7 +243,7 @@ class Server:
             self._leave()
             raise
         stats = TurnStats()
-        run = Run(lambda r: self._produce(r, prepared, params, stats))
+        run = Run(lambda r: self._produce(r, conversation, params, stats))
         if req.stream:
             return _Stream(self._sse(req, run, stats), run)
         try:
@@ -253,11 +253,11 @@ class Server:
 
     # -- generation --------------------------------------------------------------------------
 
-    def _produce(self, run: Run, prepared: Prepared, params: SamplingParams, stats: TurnStats) -> None:
+    def _produce(self, run: Run, conversation: Conversation, params: SamplingParams, stats: TurnStats) -> None:
         """The worker: stream the model's chunks into the run's queue; free the model and the place."""
         gen: Iterator[StreamChunk] | None = None
         try:
-            gen = self.model.answer(prepared, params, stats)
+            gen = self.model.stream(conversation, params, stats, shared=True)
             for chunk in gen:
                 run.put(chunk)
                 if run.cancel.is_set():
@@ -267,7 +267,7 @@ class Server:
         finally:
             if gen is not None:
                 gen.close()  # records what the cache holds
-            prepared.images.clear()  # an abandoned stream may keep this frame alive until the GC runs
+            conversation.images.clear()  # an abandoned stream may keep this frame alive until the GC runs
             run.put(_DONE)
             run.loop.call_soon_threadsafe(self._release)
 
@@ -377,7 +377,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error(500, f"internal error ({type(exc).__name__}); the server log has the details")
 
 
-def create_app(settings: ServerSettings, model: VLM | None = None) -> Starlette:
+def create_app(settings: ServerSettings, model: Engine | None = None) -> Starlette:
     """The server's ASGI app for `settings` (loading the bundle unless a model is given)."""
     pin_mmap_threshold()
     if model is None:

@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..prompt import Turn, is_text
-from ..runtime.sampling import SamplingParams
+from ..runtime.sampling import DEFAULT_MAX_TOKENS, SamplingParams
 from .images import RequestError
 
-DEFAULT_MAX_TOKENS = 512  # when a request names none (capped to the room left in the context)
 MAX_STOPS, MAX_STOP_CHARS = 4, 256
 SEED_RANGE = (0, 2**63 - 1)
 

@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .. import BACKENDS
+
 
 @dataclass(frozen=True)
 class ServerSettings:
@@ -59,7 +61,7 @@ HELP = {
 }  # fmt: skip
 
 
-CHOICES = {"backend": ["auto", "cpu", "rk3588"]}
+CHOICES = {"backend": list(BACKENDS)}
 
 
 def _kind(f: object) -> type:

@@ -1,0 +1,116 @@
+"""The one interface both backends implement, and the request and result types they share.
+
+An engine (the CPU's `edgevlm.model.VLM`, the NPU's `edgevlm.rk3588.board.BoardModel`) is a loaded
+bundle that answers a `Conversation`: `stream(conversation, params, stats)` yields `StreamChunk`s, the
+last with its finish reason, and fills one `TurnStats`. What a backend keeps between calls (a KV cache)
+is its own business; `ChatSession` (session.py), the server, the chat command and the bench know only
+this interface.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from . import models
+from .bundle import Manifest
+from .image import DEFAULT_MAX_PIXELS, ImageSource, Tiles, Tiling
+from .prompt import PromptEncoder, Turn
+from .runtime.generate import GenerationStats, StreamChunk
+from .runtime.sampling import SamplingParams
+from .tokenizer import check_ids
+
+
+@dataclass
+class EncodedImage:
+    """An image's tiles, its identity, and (once computed) its features [rows, H]."""
+
+    tiles: Tiles
+    digest: str
+    features: np.ndarray | None = field(default=None, repr=False)
+
+
+@dataclass
+class Conversation:
+    """What an engine is asked: the turns (only the last one open), every image of them in order, and
+    the system message (None: the model's default)."""
+
+    turns: list[Turn]
+    images: list[EncodedImage] = field(default_factory=list)
+    system: str | None = None
+
+
+@dataclass
+class TurnStats:
+    """What one answer cost (either backend)."""
+
+    images: int = 0
+    tiles: int = 0
+    vision_ms: float = 0.0
+    prompt_tokens: int = 0  # the whole conversation so far
+    cached_tokens: int = 0  # re-used from the KV cache
+    generation: GenerationStats = field(default_factory=GenerationStats)
+    ttft_ms: float = 0.0  # request to first token: vision + prefill + first sample
+    memory_mb: float | None = None  # the runtime's own figure, where it gives one (RKLLM)
+
+    def summary(self) -> str:
+        g = self.generation
+        memory = f" | {self.memory_mb:.0f} MB" if self.memory_mb is not None else ""
+        return (
+            f"images {self.images} ({self.tiles} tiles, vision {self.vision_ms:.0f} ms) | "
+            f"prompt {self.prompt_tokens} tokens ({self.cached_tokens} cached, prefill {g.prompt_tokens} in "
+            f"{g.prefill_ms:.0f} ms, {g.prefill_tok_s:.0f} tok/s) | first token {self.ttft_ms:.0f} ms | "
+            f"answer {g.generated_tokens} tokens, {g.decode_tok_s:.1f} tok/s | end: {g.finish_reason}{memory}"
+        )
+
+
+class Engine(Protocol):
+    """A loaded bundle that answers conversations, on either backend."""
+
+    manifest: Manifest
+    tokenizer: Tokenizer
+    prompt: PromptEncoder
+    load_times: dict[str, float]
+
+    @property
+    def context_length(self) -> int: ...
+
+    @property
+    def decode_bytes(self) -> int: ...  # weight bytes one decode step reads (0: unknown)
+
+    def count_tokens(self, conversation: Conversation) -> int: ...
+
+    def encode_image(self, source: ImageSource, *, max_tiles: int | None = None,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage: ...  # fmt: skip
+
+    def stream(self, conversation: Conversation, params: SamplingParams, stats: TurnStats, *,
+               shared: bool = False) -> Iterator[StreamChunk]: ...  # fmt: skip
+
+
+# -- what both backends take from a bundle -----------------------------------------------------
+
+
+def prompt_encoder(manifest: Manifest, tokenizer: Tokenizer) -> PromptEncoder:
+    """The bundle's prompt format over its tokenizer, with the control-token ids its manifest recorded."""
+    check_ids(manifest.tokens, tokenizer)
+    fmt = models.family(manifest.model.family).prompt_format(manifest.model)
+    return PromptEncoder(tokenizer, fmt, manifest.tokens, manifest.model.tokens_per_tile)
+
+
+def tiling_of(manifest: Manifest) -> Tiling:
+    """The tiling a bundle's model was trained with (its tile limits as converted)."""
+    return models.family(manifest.model.family).tiling(manifest.model, manifest.min_tiles, manifest.max_tiles)
+
+
+def encode_image(manifest: Manifest, source: ImageSource, *, max_tiles: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:  # fmt: skip
+    """Load and tile an image as a bundle's model wants it (features are computed when first needed)."""
+    tiles = tiling_of(manifest).capped(max_tiles).load(source, max_pixels=max_pixels)
+    return EncodedImage(tiles, hashlib.sha1(tiles.pixels.tobytes()).hexdigest())
+
+
