@@ -33,7 +33,8 @@ def full():
 def test_full_size_vision_parity_and_int8(full, tmp_path):
     import torch
 
-    from edgevlm.graphs.vision import VisionGraphSpec, build_vision_graph
+    from edgevlm.graphs.internvit import build_vision_graph
+    from edgevlm.graphs.vision import VisionGraphSpec
     from edgevlm.runtime.vision import OrtVisionEncoder
 
     ck, model = full

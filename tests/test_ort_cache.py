@@ -8,7 +8,8 @@ import pytest
 from edgevlm.checkpoint import open_checkpoint
 from edgevlm.embedding import EmbeddingTable, write_embedding
 from edgevlm.graphs.decoder import DecoderGraphSpec, build_decoder_graph
-from edgevlm.graphs.vision import VisionGraphSpec, build_vision_graph
+from edgevlm.graphs.internvit import build_vision_graph
+from edgevlm.graphs.vision import VisionGraphSpec
 from edgevlm.runtime import ort as ort_mod
 from edgevlm.runtime.decoder import OrtLanguageModel
 from edgevlm.runtime.vision import OrtVisionEncoder

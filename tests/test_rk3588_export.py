@@ -10,7 +10,8 @@ import pytest
 
 from edgevlm.bundle import open_bundle
 from edgevlm.checkpoint import open_checkpoint
-from edgevlm.graphs.vision import VisionGraphSpec, build_vision_graph
+from edgevlm.graphs.internvit import build_vision_graph
+from edgevlm.graphs.vision import VisionGraphSpec
 from edgevlm.rk3588 import export
 from edgevlm.rk3588.rknn_lite import to_uint8_nhwc
 from edgevlm.runtime.vision import OrtVisionEncoder

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from edgevlm.checkpoint import open_checkpoint
-from edgevlm.graphs.vision import VisionGraphSpec, build_vision_graph
+from edgevlm.graphs.internvit import build_vision_graph
+from edgevlm.graphs.vision import VisionGraphSpec
 from edgevlm.runtime import ort as ort_mod
 from edgevlm.runtime.vision import OrtVisionEncoder
 from helpers import cosine

@@ -20,7 +20,7 @@ from .checkpoint import Checkpoint, open_checkpoint
 from .embedding import write_embedding
 from .graphs.decoder import LLM_PRECISIONS, DecoderGraphSpec, build_decoder_graph
 from .graphs.vision import PRECISIONS as VISION_PRECISIONS
-from .graphs.vision import VisionGraphSpec, build_vision_graph
+from .graphs.vision import VisionGraphSpec
 from .tokenizer import control_ids, load_tokenizer
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def _write_bundle(ck: Checkpoint, tokenizer: Tokenizer, tokens: dict[str, int], 
     cfg = ck.config
     with atomic_dir(out, replace=options.force) as tmp:
         done = _step(log, 1, 4, f"vision encoder ({options.vision})")
-        build_vision_graph(ck.get, cfg, tmp / "vision.onnx", VisionGraphSpec(options.vision))
+        ck.family.build_vision_graph(ck.get, cfg, tmp / "vision.onnx", VisionGraphSpec(options.vision))
         done()
         done = _step(log, 2, 4, f"language model ({options.llm})")
         spec = DecoderGraphSpec(options.llm)

@@ -6,6 +6,7 @@ A family module (like mlx-lm's `models/<arch>.py`, no base class) provides:
     parse_config(raw, architecture, preprocessor), config_from_dict(d), tiling(cfg, min_tiles, max_tiles)
     expected_shapes(cfg), source_names(cfg), stored_name(name, cfg), tolerated_names(cfg), describe(cfg)
     ADDED_TOKENS (a vocab.json tokenizer's default added tokens), prompt_format(cfg), check_token_ids(cfg, ids)
+    build_vision_graph(get, cfg, path, VisionGraphSpec)
 Adding a family is one module and one line in FAMILIES.
 """
 

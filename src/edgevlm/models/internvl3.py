@@ -466,3 +466,14 @@ def prompt_format(cfg: ModelConfig) -> PromptFormat:
 def tiling(cfg: ModelConfig, min_tiles: int, max_tiles: int) -> Tiling:
     """InternVL's dynamic tiling with this model's tile size, normalisation and thumbnail."""
     return Tiling(min_tiles, max_tiles, cfg.use_thumbnail, cfg.vision.image_size, (cfg.image_mean, cfg.image_std))
+
+
+# --------------------------------------------------------------------------------------------
+# Vision graph
+
+
+def build_vision_graph(get: Callable[[str], Any], cfg: ModelConfig, path: Any, spec: Any) -> Any:
+    """InternViT + pixel shuffle + projector as one ONNX graph (graphs/internvit.py)."""
+    from ..graphs.internvit import build_vision_graph as build
+
+    return build(get, cfg, path, spec)

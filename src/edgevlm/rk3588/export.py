@@ -25,7 +25,7 @@ import numpy as np
 from ..bundle import Part, open_bundle, write_manifest
 from ..checkpoint import open_checkpoint
 from ..convert import ConvertError, ConvertOptions, convert, resolve_source
-from ..graphs.vision import VisionGraphSpec, build_vision_graph
+from ..graphs.vision import VisionGraphSpec
 from ..image import normalize
 from ..runtime.vision import OrtVisionEncoder
 
@@ -74,7 +74,7 @@ def export_vision(ck_dir: Path, out: Path, target: str, log: Callable[[str], Non
     ck = open_checkpoint(ck_dir)
     with tempfile.TemporaryDirectory(prefix="edgevlm-rknn-") as tmp:
         work = Path(tmp)
-        onnx_path = build_vision_graph(ck.get, ck.config, work / "vision_npu.onnx",
+        onnx_path = ck.family.build_vision_graph(ck.get, ck.config, work / "vision_npu.onnx",
                                        VisionGraphSpec("fp32", batch=1, contrib=False))  # fmt: skip
         tile = probe_tile(ck.config.vision.image_size)
         from PIL import Image
