@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from PIL import Image
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optimal_tiled_canvas
 
-from edgevlm.image import ImageError, candidate_grids, choose_grid, load_image, load_tiles, tile_image
+from edgevlm.image import ImageError, load_image
+from edgevlm.models.internvl3 import candidate_grids, choose_grid, load_tiles, tile_image
 from edgevlm.testing.reference import image_processor
 
 REF = image_processor()
@@ -170,7 +171,7 @@ def test_tile_counts_out_of_range(lo, hi):
 
 
 def test_a_request_can_lower_the_tile_limit_never_raise_it():
-    from edgevlm.image import Tiling
+    from edgevlm.models.internvl3 import Tiling
 
     assert Tiling(1, 2).capped(6) == Tiling(1, 2) and Tiling(2, 6).capped(1) == Tiling(1, 1)
     assert Tiling(1, 6).capped(None) == Tiling(1, 6)

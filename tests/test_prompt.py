@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgevlm.image import tile_image
 from edgevlm.models.internvl3 import DEFAULT_SYSTEM as DEFAULT_SYSTEM_INTERNVL
+from edgevlm.models.internvl3 import tile_image
 from edgevlm.prompt import Turn
 from edgevlm.testing.reference import original_prompt, processor
 from edgevlm.testing.vocab import fixture_tokenizer

@@ -12,18 +12,21 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from . import models
 from .bundle import Manifest
-from .image import DEFAULT_MAX_PIXELS, ImageSource, Tiles, Tiling
+from .image import DEFAULT_MAX_PIXELS, ImageProcessor, ImageSource, Tiles
 from .prompt import PromptEncoder, Turn
 from .runtime.generate import GenerationStats, StreamChunk
 from .runtime.sampling import SamplingParams
 from .tokenizer import check_ids
+
+if TYPE_CHECKING:
+    from .session import ChatSession
 
 
 @dataclass
@@ -91,6 +94,8 @@ class Engine(Protocol):
     def stream(self, conversation: Conversation, params: SamplingParams, stats: TurnStats, *,
                shared: bool = False) -> Iterator[StreamChunk]: ...  # fmt: skip
 
+    def session(self, system: str | None = None, *, max_tiles: int | None = None) -> ChatSession: ...
+
 
 # -- what both backends take from a bundle -----------------------------------------------------
 
@@ -102,8 +107,8 @@ def prompt_encoder(manifest: Manifest, tokenizer: Tokenizer) -> PromptEncoder:
     return PromptEncoder(tokenizer, fmt, manifest.tokens, manifest.model.tokens_per_tile)
 
 
-def tiling_of(manifest: Manifest) -> Tiling:
-    """The tiling a bundle's model was trained with (its tile limits as converted)."""
+def tiling_of(manifest: Manifest) -> ImageProcessor:
+    """The image processing a bundle's model was trained with (its tile limits as converted)."""
     return models.family(manifest.model.family).tiling(manifest.model, manifest.min_tiles, manifest.max_tiles)
 
 

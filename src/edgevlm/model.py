@@ -99,10 +99,11 @@ class VLM(Chatting):
     def prompt_ids(self, conversation: Conversation) -> list[int]:
         """The conversation's token ids, with the exact ids of answers this engine generated."""
         key = (tuple(conversation.turns), conversation.system)
-        if self._rendered is None or self._rendered[0] != key:
-            ids = self.prompt.encode(conversation.turns, conversation.system, known=self._answers)
-            self._rendered = (key, ids)
-        return self._rendered[1]
+        memo = self._rendered  # read once: the server counts requests in other threads
+        if memo is None or memo[0] != key:
+            memo = self._rendered = (key, self.prompt.encode(conversation.turns, conversation.system,
+                                                             known=self._answers))  # fmt: skip
+        return memo[1]
 
     def count_tokens(self, conversation: Conversation) -> int:
         return len(self.prompt_ids(conversation))

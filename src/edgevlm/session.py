@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .engine import Conversation, TurnStats
 from .image import ImageSource
 from .prompt import Turn
 from .runtime.decoder import ContextOverflow
@@ -17,7 +18,7 @@ from .runtime.generate import StreamChunk
 from .runtime.sampling import SamplingParams
 
 if TYPE_CHECKING:
-    from .engine import Conversation, EncodedImage, Engine, TurnStats
+    from .engine import EncodedImage, Engine
 
 
 class ChatSession:
@@ -40,8 +41,6 @@ class ChatSession:
 
     def _fit(self, turn: Turn, new_images: list[EncodedImage], params: SamplingParams) -> Conversation:
         """History + `turn`, dropping the oldest turns while they do not fit."""
-        from .engine import Conversation
-
         limit = self.engine.context_length - self._reserve(params)
         turns, images = list(self.turns), list(self.images)
         self.dropped_turns = 0
@@ -67,8 +66,6 @@ class ChatSession:
         """Stream the answer to one user turn; the turn and its (possibly partial) answer join the history.
 
         Bad images and prompts that cannot fit raise here, before any streaming starts."""
-        from .engine import TurnStats
-
         params = params or SamplingParams()
         new_images = [self.engine.encode_image(src, max_tiles=self.max_tiles) for src in images]
         turn = Turn(question, tuple(img.tiles.count for img in new_images))

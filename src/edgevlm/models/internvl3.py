@@ -1,4 +1,5 @@
-"""InternVL3 (InternViT + MLP projector + Qwen2): everything specific to this family.
+"""InternVL3 (InternViT + MLP projector + Qwen2): everything specific to this family: config, weight
+table, image processing (dynamic tiling), prompt format, vision graph.
 
 Two namings exist for the same model: OpenGVLab's original (`InternVLChatModel`, keys `llm_config`,
 `max_dynamic_patch`, ...) and transformers' `-hf` (`InternVLForConditionalGeneration`, keys
@@ -11,13 +12,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any, ClassVar
 
+import numpy as np
+from PIL import Image
+
 from ..config import ConfigError, TextConfig, divides, get_key, scalar, section, text_config, validate
-from ..image import IMAGENET, Tiling
+from ..image import DEFAULT_MAX_PIXELS, IMAGENET, ImageSource, Norm, Tiles, load_image, normalize
 from ..prompt import PromptFormat, Template
 
 NAME = "internvl3"
+TILE, MAX_TILES = 448, 12  # InternVL3's tile size and tile limit (a checkpoint may say otherwise)
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,7 @@ class VisionConfig:
     num_layers: int
     num_heads: int
     intermediate_size: int
-    image_size: int = 448
+    image_size: int = TILE
     patch_size: int = 14
     layer_norm_eps: float = 1e-6
     qkv_bias: bool = True
@@ -70,7 +76,7 @@ class ModelConfig:
     image_token_id: int | None = None  # -hf configs say it; else the tokenizer's <IMG_CONTEXT> is used
     template: str = "internvl2_5"
     min_dynamic_patch: int = 1
-    max_dynamic_patch: int = 12
+    max_dynamic_patch: int = MAX_TILES
     use_thumbnail: bool = True
     ps_version: str = "v2"
     image_mean: tuple[float, float, float] = IMAGENET[0]
@@ -460,7 +466,90 @@ def prompt_format(cfg: ModelConfig) -> PromptFormat:
 
 
 # --------------------------------------------------------------------------------------------
-# Image processing
+# Image processing: dynamic tiling
+#
+# An image becomes min..max tiles of the tile size chosen by aspect ratio, plus a thumbnail of the
+# whole image when there is more than one tile: exactly transformers' GotOcr2 processor with
+# crop_to_patches (InternVL's own load_image).
+
+
+@lru_cache(maxsize=64)
+def candidate_grids(min_tiles: int, max_tiles: int) -> tuple[tuple[int, int], ...]:
+    """(columns, rows) with min <= columns*rows <= max, by tile count (stable, columns first)."""
+    grids = [
+        (c, r) for c in range(1, max_tiles + 1) for r in range(1, max_tiles + 1) if min_tiles <= c * r <= max_tiles
+    ]
+    return tuple(sorted(grids, key=lambda g: g[0] * g[1]))
+
+
+def choose_grid(
+    width: int, height: int, *, min_tiles: int = 1, max_tiles: int = MAX_TILES, tile: int = TILE
+) -> tuple[int, int]:
+    """The grid whose aspect ratio is closest to the image's; on a tie the larger grid wins only
+    while the image has more than half the pixels of that grid's canvas."""
+    aspect, area = width / height, width * height
+    best, best_diff = (1, 1), float("inf")
+    for cols, rows in candidate_grids(min_tiles, max_tiles):
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and area > 0.5 * tile * tile * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+def _check_counts(min_tiles: int, max_tiles: int) -> None:
+    if max_tiles < 1:
+        raise ValueError(f"max_tiles must be at least 1, got {max_tiles}")
+    if not 1 <= min_tiles <= max_tiles:
+        raise ValueError(f"min_tiles must be between 1 and max_tiles ({max_tiles}), got {min_tiles}")
+
+
+def tile_image(img: Image.Image, *, min_tiles: int = 1, max_tiles: int = MAX_TILES, use_thumbnail: bool = True,
+               tile: int = TILE, norm: Norm = IMAGENET) -> Tiles:  # fmt: skip
+    """Split an RGB image into InternVL's dynamic tiles (row-major), thumbnail last."""
+    _check_counts(min_tiles, max_tiles)
+    width, height = img.size
+    if max_tiles == 1:  # the reference skips the grid search: one resized tile
+        return Tiles(normalize(img.resize((tile, tile), Image.BICUBIC), norm)[None], (1, 1), img.size)
+    cols, rows = choose_grid(width, height, min_tiles=min_tiles, max_tiles=max_tiles, tile=tile)
+    canvas = normalize(img.resize((cols * tile, rows * tile), Image.BICUBIC), norm)
+    tiles = canvas.reshape(3, rows, tile, cols, tile).transpose(1, 3, 0, 2, 4).reshape(rows * cols, 3, tile, tile)
+    if use_thumbnail and rows * cols > 1:
+        tiles = np.concatenate([tiles, normalize(img.resize((tile, tile), Image.BICUBIC), norm)[None]])
+    return Tiles(np.ascontiguousarray(tiles), (cols, rows), img.size)
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a model wants its images tiled (a bundle's manifest says), capped per request."""
+
+    min_tiles: int = 1
+    max_tiles: int = MAX_TILES
+    use_thumbnail: bool = True
+    tile: int = TILE  # pixels per side of a tile
+    norm: Norm = IMAGENET
+
+    def __post_init__(self) -> None:
+        _check_counts(self.min_tiles, self.max_tiles)
+
+    def capped(self, max_tiles: int | None) -> Tiling:
+        """At most `max_tiles` tiles (None: the model's own limit); it never raises the model's limit."""
+        if not max_tiles or max_tiles >= self.max_tiles:
+            return self
+        return replace(self, min_tiles=min(self.min_tiles, max_tiles), max_tiles=max_tiles)
+
+    def load(self, source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tiles:
+        """Load an image and tile it: the one entry point from a file, bytes or PIL image to pixels."""
+        return tile_image(load_image(source, max_pixels=max_pixels), min_tiles=self.min_tiles,
+                          max_tiles=self.max_tiles, use_thumbnail=self.use_thumbnail, tile=self.tile,
+                          norm=self.norm)  # fmt: skip
+
+
+def load_tiles(source: ImageSource, *, min_tiles: int = 1, max_tiles: int = MAX_TILES, use_thumbnail: bool = True,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Tiles:  # fmt: skip
+    """InternVL3's tiling of an image (448 px tiles, ImageNet normalisation)."""
+    return Tiling(min_tiles, max_tiles, use_thumbnail).load(source, max_pixels=max_pixels)
 
 
 def tiling(cfg: ModelConfig, min_tiles: int, max_tiles: int) -> Tiling:
