@@ -50,10 +50,14 @@ def free_port():
         return s.getsockname()[1]
 
 
+def picture(w, h, seed=0):
+    """A w x h RGB image of uniform noise (the same for the same seed)."""
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
 def data_url(w, h, seed=0, noise=True):
     buf = io.BytesIO()
-    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8) if noise else np.zeros((h, w, 3))
-    Image.fromarray(pixels.astype(np.uint8)).save(buf, "PNG")
+    (picture(w, h, seed) if noise else Image.new("RGB", (w, h))).save(buf, "PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 

@@ -12,12 +12,12 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import get_optim
 from edgevlm.image import ImageError, load_image
 from edgevlm.models.internvl3 import candidate_grids, choose_grid, load_tiles, tile_image
 from edgevlm.testing.reference import image_processor
+from helpers import picture
 
 REF = image_processor()
 
 
-def noise(w, h, seed=0):
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+noise = picture
 
 
 def assert_tiles_match_reference(img, min_tiles=1, max_tiles=12):

@@ -6,7 +6,6 @@ import base64
 import dataclasses
 import io
 
-import numpy as np
 import pytest
 import torch
 
@@ -14,7 +13,7 @@ from edgevlm.models import preset
 from edgevlm.testing.random_checkpoint import reference_model, round_parameters, save_checkpoint
 from edgevlm.testing.reference import original_prompt, processor
 from edgevlm.testing.vocab import small_tokenizer
-from helpers import Server
+from helpers import Server, picture
 
 NEW = 8
 # name: (image size, patch size, downsample ratio) -> tokens per tile
@@ -47,12 +46,6 @@ def variant(request, tmp_path_factory):
     tokens = (cfg.vision.image_size // cfg.vision.patch_size * cfg.downsample_ratio) ** 2
     proc = processor(tok, 1, cfg.max_dynamic_patch, tile=cfg.vision.image_size, tokens_per_tile=int(tokens))
     return {"cfg": cfg, "model": model, "tok": tok, "proc": proc, "bundles": bundles, "root": root}
-
-
-def picture(w, h, seed):
-    from PIL import Image
-
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
 CASES = {  # question, image sizes

@@ -4,23 +4,18 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import edgevlm
 from edgevlm.bundle import FORMAT_VERSION, BundleError, open_bundle
 from edgevlm.convert import ConvertError, ConvertOptions, convert
 from edgevlm.prompt import Turn
 from edgevlm.testing.reference import original_prompt, processor
+from helpers import picture
 
 NEW = 12
 IM_END = 151645
-
-
-def picture(w, h, seed):
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Vision encoders: pixels [N,3,448,448] -> image features [N,256,H]."""
+"""Vision encoders: normalised tiles [N,3,T,T] -> image features [N,rows,H] (the family decides T and rows)."""
 
 from __future__ import annotations
 
