@@ -15,7 +15,7 @@ def make_lm(ckpt_dir, folder, precision="fp32", quantize_embed=False, **kw):
     folder.mkdir(exist_ok=True)
     write_embedding(ck.get("llm.embed.weight"), folder, quantize=quantize_embed)
     path = build_decoder_graph(
-        ck.get, ck.config, folder / f"llm_{precision}.onnx", DecoderGraphSpec(precision)
+        ck.get, ck.config.text, folder / f"llm_{precision}.onnx", DecoderGraphSpec(precision)
     )
     return OrtLanguageModel(path, EmbeddingTable(folder), ck.config.text, max_context=MAX, cache=False, **kw)
 

@@ -71,7 +71,7 @@ def test_full_size_llm_parity_and_w8a8(full, tmp_path):
         folder = tmp_path / precision
         folder.mkdir()
         write_embedding(ck.get("llm.embed.weight"), folder, quantize=quantize)
-        path = build_decoder_graph(ck.get, ck.config, folder / "llm.onnx", DecoderGraphSpec(precision))
+        path = build_decoder_graph(ck.get, ck.config.text, folder / "llm.onnx", DecoderGraphSpec(precision))
         lm = OrtLanguageModel(path, EmbeddingTable(folder), ck.config.text, max_context=256, cache=False)
         first = lm.prefill(lm.embed(ids[:32]))
         return np.stack([first] + [lm.decode(t) for t in ids[32:-1]])  # logits at positions 31..94

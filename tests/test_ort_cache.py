@@ -22,7 +22,7 @@ def w8a8(tiny_ckpt, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEVLM_CACHE", str(tmp_path / "cache"))
     ck = open_checkpoint(tiny_ckpt["original"])
     write_embedding(ck.get("llm.embed.weight"), tmp_path)
-    path = build_decoder_graph(ck.get, ck.config, tmp_path / "llm.onnx", DecoderGraphSpec("w8a8"))
+    path = build_decoder_graph(ck.get, ck.config.text, tmp_path / "llm.onnx", DecoderGraphSpec("w8a8"))
     return path, EmbeddingTable(tmp_path), ck.config.text
 
 

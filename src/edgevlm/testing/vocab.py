@@ -6,10 +6,8 @@ get `VocabUnavailable` with the reason, and `tiny_tokenizer()` serves instead.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tarfile
-import urllib.request
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,28 +16,17 @@ from tokenizers import Tokenizer, models, trainers
 from ..atomic import atomic_dir
 from ..models.internvl3 import ADDED_TOKENS
 from ..tokenizer import build_qwen2_tokenizer
-from . import cache_dir
+from . import FixtureUnavailable, cache_dir, pypi_download
 
 PACKAGE, VERSION = "llama-cpp-python", "0.3.36"
 SDIST = f"llama_cpp_python-{VERSION}.tar.gz"
 MEMBER_DIR = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/models/"
 FILES = ("ggml-vocab-qwen2.gguf", "ggml-vocab-qwen2.gguf.inp", "ggml-vocab-qwen2.gguf.out")
-INDEX = f"https://pypi.org/simple/{PACKAGE}/"
 QWEN2_BPE_SIZE = 151643  # entries of Qwen2's byte-level BPE vocabulary; the added tokens follow
 
 
-class VocabUnavailable(RuntimeError):
+class VocabUnavailable(FixtureUnavailable):
     """The vocabulary package could not be fetched (no registry access)."""
-
-
-def _sdist_url() -> tuple[str, str]:
-    req = urllib.request.Request(INDEX, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        listing = json.load(r)
-    for f in listing["files"]:
-        if f["filename"] == SDIST:
-            return f["url"], f["hashes"]["sha256"]
-    raise VocabUnavailable(f"{SDIST} is not listed on {INDEX}")
 
 
 def vocab_files() -> Path:
@@ -48,12 +35,9 @@ def vocab_files() -> Path:
     if all((folder / f).exists() for f in FILES):
         return folder
     try:
-        url, sha256 = _sdist_url()
         with atomic_dir(folder, replace=True) as tmp:
             archive = tmp / SDIST
-            urllib.request.urlretrieve(url, archive)
-            if hashlib.sha256(archive.read_bytes()).hexdigest() != sha256:
-                raise VocabUnavailable(f"{SDIST}: sha256 does not match the index")
+            pypi_download(PACKAGE, SDIST, archive)
             with tarfile.open(archive) as tar:
                 for name in FILES:
                     src = tar.extractfile(MEMBER_DIR + name)
@@ -61,7 +45,7 @@ def vocab_files() -> Path:
                         raise VocabUnavailable(f"{SDIST} has no {MEMBER_DIR + name}")
                     (tmp / name).write_bytes(src.read())
             archive.unlink()
-    except (OSError, KeyError, ValueError) as e:  # URLError is an OSError
+    except (OSError, KeyError, ValueError, FixtureUnavailable) as e:  # URLError is an OSError
         raise VocabUnavailable(f"cannot fetch {PACKAGE}=={VERSION} from PyPI: {e}") from None
     return folder
 
