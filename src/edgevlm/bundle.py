@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, models
-from .config import ConfigError
+from .config import ConfigError, is_whole
 
 FORMAT = "edgevlm-bundle"
 FORMAT_VERSION = 2  # 2: family and control-token ids recorded
@@ -79,7 +79,7 @@ class Manifest:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise BundleError("manifest.json: not an edgevlm bundle manifest")
         version = d.get("format_version", 0)
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        if not is_whole(version, minimum=1):
             raise BundleError(f"manifest.json: format_version must be a positive whole number, got {version!r}")
         if version > FORMAT_VERSION:
             raise BundleError(
@@ -111,10 +111,10 @@ class Manifest:
         """Numbers in range, and every file named is a plain file name recorded in `files`."""
         for name, value in (("context_length", self.context_length), ("max_tiles", self.max_tiles),
                             ("min_tiles", self.min_tiles)):  # fmt: skip
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_whole(value, minimum=1):
                 raise BundleError(f"manifest.json: {name} must be a positive whole number, got {value!r}")
-        if not isinstance(self.tokens, dict) or not all(isinstance(k, str) and isinstance(v, int)
-                                                        and not isinstance(v, bool) for k, v in self.tokens.items()):
+        if not isinstance(self.tokens, dict) or not all(isinstance(k, str) and is_whole(v)
+                                                        for k, v in self.tokens.items()):
             raise BundleError("manifest.json: 'tokens' must map control tokens to ids")  # fmt: skip
         if self.min_tiles > self.max_tiles:
             raise BundleError(f"manifest.json: min_tiles {self.min_tiles} > max_tiles {self.max_tiles}")
@@ -128,7 +128,7 @@ class Manifest:
         for name, entry in self.files.items():
             _check_name(name)
             size, digest = (entry.get("size"), entry.get("sha256")) if isinstance(entry, dict) else (None, None)
-            if isinstance(size, bool) or not isinstance(size, int) or size < 0 or not isinstance(digest, str):
+            if not is_whole(size) or not isinstance(digest, str):
                 raise BundleError(f"manifest.json: the entry of {name} needs a size and a sha256")
         for key, part in self.parts.items():
             named = [part.file, *part.extra.get("files", [])] if isinstance(part.extra, dict) else [None]

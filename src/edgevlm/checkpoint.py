@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from . import models
+from .config import is_whole
 
 
 class CheckpointError(ValueError):
@@ -63,10 +64,6 @@ def read_safetensors_header(file: Path) -> dict[str, TensorRef]:
     return {name: _tensor_ref(file, name, meta, base, size) for name, meta in header.items() if name != "__metadata__"}
 
 
-def _whole(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _tensor_ref(file: Path, name: str, meta: object, base: int, size: int) -> TensorRef:
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"{file}: tensor '{name}' {what} (damaged header?)")
@@ -76,9 +73,9 @@ def _tensor_ref(file: Path, name: str, meta: object, base: int, size: int) -> Te
     dtype, shape, offsets = meta.get("dtype"), meta.get("shape"), meta.get("data_offsets")
     if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise CheckpointError(f"{file}: tensor '{name}' has dtype {dtype}; only {', '.join(_DTYPES)} are supported")
-    if not isinstance(shape, list) or not all(_whole(d) for d in shape):
+    if not isinstance(shape, list) or not all(is_whole(d) for d in shape):
         raise bad(f"has shape {shape!r}, not a list of sizes")
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_whole(x) for x in offsets):
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(is_whole(x) for x in offsets):
         raise bad(f"has data_offsets {offsets!r}, not two byte offsets")
     start, end = base + offsets[0], base + offsets[1]
     if end > size:

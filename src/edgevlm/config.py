@@ -19,12 +19,17 @@ class ConfigError(ValueError):
     """config.json is missing a key, has a bad value, or describes an unsupported model."""
 
 
+def is_whole(value: object, minimum: float = 0) -> bool:
+    """A whole number (JSON's true/false are not) of at least `minimum`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 def validate(obj: object, where: str) -> None:
     """Every field of a config dataclass has its declared type, and counts and sizes are positive:
     a config from a file (checkpoint or manifest) fails here, naming the key, not later in a graph."""
     for f in fields(obj):  # type: ignore[arg-type]
         value, kind = getattr(obj, f.name), str(f.type)
-        if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        if kind == "int" and not is_whole(value, minimum=-math.inf):  # the sign is checked below
             raise ConfigError(f"{where}{f.name} must be a whole number, got {value!r}")
         if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))
                                 or not math.isfinite(value)):  # fmt: skip

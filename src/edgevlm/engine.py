@@ -10,15 +10,16 @@ this interface.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from . import models
-from .bundle import Manifest
+from .bundle import BundleError, Manifest
 from .image import DEFAULT_MAX_PIXELS, ImageProcessor, ImageSource, Tiles
 from .prompt import PromptEncoder, Turn
 from .runtime.generate import GenerationStats, StreamChunk
@@ -27,6 +28,8 @@ from .tokenizer import check_ids
 
 if TYPE_CHECKING:
     from .session import ChatSession
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -100,6 +103,25 @@ class Engine(Protocol):
 # -- what both backends take from a bundle -----------------------------------------------------
 
 
+def load_part(name: str, loader: Callable[[], T]) -> T:
+    """Load one part of a bundle; a part that its library cannot read is a BundleError naming it.
+    (ONNX Runtime and tokenizers raise their own, untyped exceptions for a damaged file.)"""
+    try:
+        return loader()
+    except BundleError:
+        raise
+    except Exception as e:
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise BundleError(f"the bundle's {name} cannot be loaded ({detail}); is it damaged? "
+                          "`edgevlm verify` checks every file") from None  # fmt: skip
+
+
+def load_prompt(folder: Path, manifest: Manifest) -> PromptEncoder:
+    """The bundle's tokenizer under its prompt format (either backend's first load step)."""
+    tokenizer = load_part("tokenizer", lambda: Tokenizer.from_file(str(folder / manifest.parts["tokenizer"].file)))
+    return load_part("prompt format", lambda: prompt_encoder(manifest, tokenizer))
+
+
 def prompt_encoder(manifest: Manifest, tokenizer: Tokenizer) -> PromptEncoder:
     """The bundle's prompt format over its tokenizer, with the control-token ids its manifest recorded."""
     check_ids(manifest.tokens, tokenizer)
@@ -112,10 +134,30 @@ def tiling_of(manifest: Manifest) -> ImageProcessor:
     return models.family(manifest.model.family).tiling(manifest.model, manifest.min_tiles, manifest.max_tiles)
 
 
-def encode_image(manifest: Manifest, source: ImageSource, *, max_tiles: int | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:  # fmt: skip
-    """Load and tile an image as a bundle's model wants it (features are computed when first needed)."""
-    tiles = tiling_of(manifest).capped(max_tiles).load(source, max_pixels=max_pixels)
-    return EncodedImage(tiles, hashlib.sha1(tiles.pixels.tobytes()).hexdigest())
+class BundleEngine:
+    """What both engines do alike with their bundle: its context, its images, sessions and one-off chats."""
+
+    manifest: Manifest
+
+    @property
+    def context_length(self) -> int:
+        return self.manifest.context_length
+
+    def encode_image(self, source: ImageSource, *, max_tiles: int | None = None,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:  # fmt: skip
+        """Load and tile an image as the bundle's model wants it (features are computed when first needed)."""
+        tiles = tiling_of(self.manifest).capped(max_tiles).load(source, max_pixels=max_pixels)
+        return EncodedImage(tiles, hashlib.sha1(tiles.pixels.tobytes()).hexdigest())
+
+    def session(self, system: str | None = None, *, max_tiles: int | None = None) -> ChatSession:
+        from .session import ChatSession  # session.py builds on this module
+
+        return ChatSession(self, system=system, max_tiles=max_tiles)  # type: ignore[arg-type]
+
+    def chat(self, question: str, images: Sequence[ImageSource] = (), *, stream: bool = False,
+             system: str | None = None, max_tiles: int | None = None,
+             **sampling: Any) -> str | Iterator[str]:  # fmt: skip
+        """One question (with images) in a fresh conversation; the answer, or its pieces with stream=True."""
+        return self.session(system, max_tiles=max_tiles).chat(question, images, stream=stream, **sampling)
 
 

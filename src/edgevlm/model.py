@@ -12,39 +12,21 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
-from tokenizers import Tokenizer
 
-from .bundle import BundleError, Manifest, open_bundle
+from .bundle import Manifest, open_bundle
 from .embedding import EmbeddingTable
-from .engine import Conversation, EncodedImage, TurnStats, encode_image, prompt_encoder
-from .image import DEFAULT_MAX_PIXELS, ImageSource
+from .engine import BundleEngine, Conversation, EncodedImage, TurnStats, load_part, load_prompt
 from .runtime.decoder import OrtLanguageModel
 from .runtime.generate import StreamChunk, stream_generate
 from .runtime.sampling import SamplingParams
 from .runtime.vision import OrtVisionEncoder
-from .session import Chatting
 
-T = TypeVar("T")
 KNOWN_ANSWERS = 256  # generated answers whose exact ids are remembered for later turns
-
-
-def load_part(name: str, loader: Callable[[], T]) -> T:
-    """Load one part of a bundle; a part that its library cannot read is a BundleError naming it.
-    (ONNX Runtime and tokenizers raise their own, untyped exceptions for a damaged file.)"""
-    try:
-        return loader()
-    except BundleError:
-        raise
-    except Exception as e:
-        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise BundleError(f"the bundle's {name} cannot be loaded ({detail}); is it damaged? "
-                          "`edgevlm verify` checks every file") from None  # fmt: skip
 
 
 def _common_prefix(a: Sequence[object], b: Sequence[object]) -> int:
@@ -55,7 +37,7 @@ def _common_prefix(a: Sequence[object], b: Sequence[object]) -> int:
     return n
 
 
-class VLM(Chatting):
+class VLM(BundleEngine):
     """A bundle ready to answer on the CPU (ONNX Runtime)."""
 
     def __init__(self, folder: str | Path, *, threads: int | None = None, verify: bool = False) -> None:
@@ -64,8 +46,8 @@ class VLM(Chatting):
         m = self.manifest
         self.config = m.model
         part = self.folder.joinpath
-        self.tokenizer = load_part("tokenizer", lambda: Tokenizer.from_file(str(part(m.parts["tokenizer"].file))))
-        self.prompt = load_part("prompt format", lambda: prompt_encoder(m, self.tokenizer))
+        self.prompt = load_prompt(self.folder, m)
+        self.tokenizer = self.prompt.tokenizer
         # The LLM first: its load peak (packed and unpacked weights at once) then comes before the vision
         # weights are resident, which measured 130 MB lower than the other order.
         start = time.perf_counter()
@@ -82,19 +64,11 @@ class VLM(Chatting):
         self._rendered: tuple[object, list[int]] | None = None  # the last conversation encoded, and its ids
 
     @property
-    def context_length(self) -> int:
-        return self.manifest.context_length
-
-    @property
     def decode_bytes(self) -> int:
         """Bytes of the language model's weights (the manifest's record of its data file): what one
         decode step reads."""
         entry = self.manifest.files.get(f"{self.manifest.parts['llm'].file}.data")
         return int(entry["size"]) if entry else 0
-
-    def encode_image(self, source: ImageSource, *, max_tiles: int | None = None,
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:  # fmt: skip
-        return encode_image(self.manifest, source, max_tiles=max_tiles, max_pixels=max_pixels)
 
     def prompt_ids(self, conversation: Conversation) -> list[int]:
         """The conversation's token ids, with the exact ids of answers this engine generated."""

@@ -91,15 +91,3 @@ class ChatSession:
         pieces = (chunk.text for chunk in self.ask(question, images, SamplingParams(**sampling)))
         return pieces if stream else "".join(pieces)
 
-
-class Chatting:
-    """`session()` and `chat()` for an engine (both backends share them)."""
-
-    def session(self, system: str | None = None, *, max_tiles: int | None = None) -> ChatSession:
-        return ChatSession(self, system=system, max_tiles=max_tiles)  # type: ignore[arg-type]
-
-    def chat(self, question: str, images: Sequence[ImageSource] = (), *, stream: bool = False,
-             system: str | None = None, max_tiles: int | None = None,
-             **sampling: Any) -> str | Iterator[str]:  # fmt: skip
-        """One question (with images) in a fresh conversation; the answer, or its pieces with stream=True."""
-        return self.session(system, max_tiles=max_tiles).chat(question, images, stream=stream, **sampling)

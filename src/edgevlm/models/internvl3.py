@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from ..config import ConfigError, TextConfig, divides, get_key, scalar, section, text_config, validate
+from ..config import ConfigError, TextConfig, divides, get_key, is_whole, scalar, section, text_config, validate
 from ..image import DEFAULT_MAX_PIXELS, IMAGENET, ImageSource, Norm, Tiles, load_image, normalize
 from ..prompt import PromptFormat, Template
 
@@ -97,8 +97,7 @@ class ModelConfig:
                 raise ConfigError(f"{name} must be three numbers, got {value!r}")
         if min(self.image_std) <= 0:
             raise ConfigError(f"image_std must be positive, got {self.image_std}")
-        if self.image_token_id is not None and (isinstance(self.image_token_id, bool)
-                                                or not isinstance(self.image_token_id, int) or self.image_token_id < 0):
+        if self.image_token_id is not None and not is_whole(self.image_token_id):
             raise ConfigError(f"image_token_id must be a token id, got {self.image_token_id!r}")
 
     @property

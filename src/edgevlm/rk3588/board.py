@@ -21,12 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import Manifest
-from ..engine import Conversation, EncodedImage, TurnStats, encode_image, prompt_encoder, tiling_of
-from ..image import DEFAULT_MAX_PIXELS, ImageSource
+from ..engine import BundleEngine, Conversation, EncodedImage, TurnStats, load_prompt, tiling_of
 from ..prompt import TEMPLATE, PromptEncoder, PromptFormat, Turn
 from ..runtime.generate import GenerationStats, StreamChunk
 from ..runtime.sampling import SamplingParams
-from ..session import Chatting
 from .rkllm import Perf, RkllmError, RkllmModel
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -52,14 +50,14 @@ def rkllm_prompt(encoder: PromptEncoder, turns: Sequence[Turn], system: str | No
     """The conversation as RKLLM takes it: trusted template text, defused user text, `<image>` slots."""
     f: PromptFormat = encoder.format
     block = re.compile(re.escape(f.image_start) + f"(?:{re.escape(f.image_token)})+" + re.escape(f.image_end))
-    out = []
+    out, controls = [], added_tokens(encoder)
     for kind, text in encoder.render(turns, system).items:
         assert isinstance(text, str)  # no known ids: RKLLM takes text
-        out.append(block.sub(IMAGE_PLACEHOLDER, text) if kind == TEMPLATE else defuse(text, added_tokens(encoder)))
+        out.append(block.sub(IMAGE_PLACEHOLDER, text) if kind == TEMPLATE else defuse(text, controls))
     return "".join(out)
 
 
-class BoardModel(Chatting):
+class BoardModel(BundleEngine):
     """A bundle's NPU artifacts ready to answer. RKLLM holds one conversation in its cache, so sessions of
     one model take turns, not run at once. RKLLM samples by its own settings (greedy by default), not
     per request: of the sampling parameters only max_tokens applies."""
@@ -72,17 +70,9 @@ class BoardModel(Chatting):
         self.sent = ""  # the prompt text RKLLM holds in its cache
 
     @property
-    def context_length(self) -> int:
-        return self.manifest.context_length
-
-    @property
     def decode_bytes(self) -> int:
         """Unknown: the weights are RKLLM's own (0, so the bench reports no bandwidth ceiling)."""
         return 0
-
-    def encode_image(self, source: ImageSource, *, max_tiles: int | None = None,
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:  # fmt: skip
-        return encode_image(self.manifest, source, max_tiles=max_tiles, max_pixels=max_pixels)
 
     def count_tokens(self, conversation: Conversation) -> int:
         """RKLLM tokenises with the same tokenizer, so the count is the bundle's."""
@@ -183,7 +173,6 @@ class BoardModel(Chatting):
 
 def load_board(bundle: str | Path, *, library: str = "librkllmrt.so", target: str = "rk3588") -> BoardModel:
     """The NPU engine for a bundle with its `export-rk3588` artifacts (on the board itself)."""
-    from tokenizers import Tokenizer
 
     from ..bundle import open_bundle
     from .rknn_lite import RknnError, RknnVisionEncoder
@@ -193,7 +182,7 @@ def load_board(bundle: str | Path, *, library: str = "librkllmrt.so", target: st
     for part in (f"vision_{target}", f"llm_{target}"):
         if part not in m.parts:
             raise BoardError(f"{folder} has no {part} artifact: run `edgevlm export-rk3588` (and the .rkllm recipe)")
-    encoder = prompt_encoder(m, Tokenizer.from_file(str(folder / m.parts["tokenizer"].file)))
+    encoder = load_prompt(folder, m)
     try:
         start = time.perf_counter()
         llm = RkllmModel(folder / m.parts[f"llm_{target}"].file, library=library, max_context=m.context_length)
