@@ -30,16 +30,13 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def clean_leftovers(target: Path) -> list[Path]:
-    """Remove the `.partial`/`.old` siblings of `target` left by writers that died; returns them."""
-    removed = []
+def clean_leftovers(target: Path) -> None:
+    """Remove the `.partial`/`.old` siblings of `target` left by writers that died."""
     for path in target.parent.glob(f".{target.name}.*"):
         kind = path.name.rsplit(".", 1)[-1]
         pid = path.name[len(target.name) + 2 : -len(kind) - 1]
         if kind in ("partial", "old") and not (pid.isdigit() and _pid_alive(int(pid))):
             _remove(path)
-            removed.append(path)
-    return removed
 
 
 @contextmanager
