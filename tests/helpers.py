@@ -18,14 +18,15 @@ from PIL import Image
 KEY = "sekret"
 
 
-def internvl_encoder(tokenizer, tokens_per_tile=256):
-    """InternVL3's prompt encoder over a tokenizer, with the ids the tokenizer gives its control tokens."""
-    from edgevlm.models import internvl3
+def family_encoder(tokenizer, family="internvl3", preset="tiny"):
+    """A family's prompt encoder over a tokenizer, with the ids the tokenizer gives its control tokens."""
+    from edgevlm import models
     from edgevlm.prompt import PromptEncoder
     from edgevlm.tokenizer import control_ids
 
-    fmt = internvl3.prompt_format(internvl3.PRESETS["tiny"])
-    return PromptEncoder(tokenizer, fmt, control_ids(tokenizer, fmt.controls), tokens_per_tile)
+    module = models.family(family)
+    fmt = module.prompt_format(module.PRESETS[preset])
+    return PromptEncoder(tokenizer, fmt, control_ids(tokenizer, fmt.controls))
 
 
 def run_edgevlm(*args: str, stdin: str | bytes | None = None, env: dict | None = None):

@@ -125,7 +125,7 @@ def run_once(opts: BenchOptions) -> dict[str, float]:
     params = SamplingParams(max_tokens=opts.gen_tokens, stop_ids=(-1,))  # never stops early (on the CPU)
     image = model.encode_image(_picture(opts, tiling_of(model.manifest).tile), max_tiles=opts.tiles)
     s = TurnStats()
-    for _ in model.stream(Conversation([Turn(question, (image.tiles.count,))], [image]), params, s):
+    for _ in model.stream(Conversation([Turn(question, (image.tiles.layout,))], [image]), params, s):
         pass
     peak = _rss_peak_mb()
     g = s.generation

@@ -63,7 +63,7 @@ class Manifest:
             "tokens": self.tokens,
             "template": m.template,
             "tiling": {
-                "tile_size": m.vision.image_size,
+                "tile_size": m.tile_size,
                 "min_tiles": self.min_tiles,
                 "max_tiles": self.max_tiles,
                 "use_thumbnail": m.use_thumbnail,

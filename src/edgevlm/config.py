@@ -50,7 +50,7 @@ def divides(where: str, a: str, av: int, b: str, bv: int) -> None:
 POSITIVE = {
     "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size", "vocab_size", "image_size",
     "patch_size", "layer_norm_eps", "rms_norm_eps", "rope_theta", "max_position_embeddings", "downsample_ratio",
-    "min_dynamic_patch", "max_dynamic_patch",
+    "min_dynamic_patch", "max_dynamic_patch", "scale_factor", "longest_edge",
 }  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""`edgevlm convert`: an InternVL3 checkpoint (either naming, or a hub id) -> an edge bundle.
+"""`edgevlm convert`: a checkpoint of a supported family (a folder, or a hub id) -> an edge bundle.
 
 No torch: weights are read memory-mapped and written tensor by tensor into the graphs' data files.
 The bundle is built in a temporary folder beside OUT and renamed into place when whole.
@@ -38,7 +38,7 @@ class ConvertOptions:
     llm: str = "w8a8"
     vision: str = "int8"
     max_context: int = 4096
-    max_tiles: int | None = None  # None: the checkpoint's max_dynamic_patch
+    max_tiles: int | None = None  # None: the model's own limit
     force: bool = False
 
     def __post_init__(self) -> None:
@@ -89,9 +89,9 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions = ConvertO
     if options.max_context > cfg.text.max_position_embeddings:
         raise ConvertError(f"--max-context {options.max_context} exceeds the model's "
                            f"{cfg.text.max_position_embeddings} positions")  # fmt: skip
-    if options.max_tiles is not None and options.max_tiles > cfg.max_dynamic_patch:
+    if options.max_tiles is not None and options.max_tiles > cfg.max_tiles:
         raise ConvertError(f"--max-tiles {options.max_tiles} is above the model's own limit of "
-                           f"{cfg.max_dynamic_patch} tiles")  # fmt: skip
+                           f"{cfg.max_tiles} tiles")  # fmt: skip
     tokenizer = load_tokenizer(ck.path, ck.family.ADDED_TOKENS)
     fmt = ck.family.prompt_format(cfg)
     tokens = control_ids(tokenizer, fmt.controls)
@@ -121,7 +121,7 @@ def _write_bundle(ck: Checkpoint, tokenizer: Tokenizer, tokens: dict[str, int], 
         tokenizer.save(str(tmp / "tokenizer.json"))
         done()
         done = _step(log, 4, 4, "manifest (sha256 of every file)")
-        max_tiles = options.max_tiles or cfg.max_dynamic_patch
+        max_tiles = options.max_tiles or cfg.max_tiles
         manifest = Manifest(
             model=cfg,
             parts={
@@ -132,7 +132,7 @@ def _write_bundle(ck: Checkpoint, tokenizer: Tokenizer, tokens: dict[str, int], 
             },
             context_length=options.max_context,
             max_tiles=max_tiles,
-            min_tiles=min(cfg.min_dynamic_patch, max_tiles),
+            min_tiles=min(cfg.min_tiles, max_tiles),
             tokens=tokens,
             source={"path": str(src), "model": cfg.label},
         )

@@ -126,7 +126,7 @@ def prompt_encoder(manifest: Manifest, tokenizer: Tokenizer) -> PromptEncoder:
     """The bundle's prompt format over its tokenizer, with the control-token ids its manifest recorded."""
     check_ids(manifest.tokens, tokenizer)
     fmt = models.family(manifest.model.family).prompt_format(manifest.model)
-    return PromptEncoder(tokenizer, fmt, manifest.tokens, manifest.model.tokens_per_tile)
+    return PromptEncoder(tokenizer, fmt, manifest.tokens)
 
 
 def tiling_of(manifest: Manifest) -> ImageProcessor:

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import imagenet
+from .prompt import ImageLayout
 
 DEFAULT_MAX_PIXELS = 64_000_000  # a 64 MP photo is ~200 MB as RGB; above that is likely a bomb
 
@@ -37,6 +38,11 @@ class Tiles:
     @property
     def count(self) -> int:
         return int(self.pixels.shape[0])
+
+    @property
+    def layout(self) -> ImageLayout:
+        """What the prompt needs of these tiles."""
+        return ImageLayout(self.count, self.grid)
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ exactly as the reference (transformers' tokenizer on the rendered string) does.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from tokenizers import Tokenizer
@@ -34,10 +34,22 @@ class Template:
     system: tuple[str, str]  # before and after the system message
     user: tuple[str, str]  # before and after the user's content
     assistant: tuple[str, str]  # before and after the assistant's answer
-    default_system: str
+    default_system: str | None  # None: no system block unless one is given
     single_image: str  # prefix of a question with one image; {image} is the image block
     multi_image: str  # one line per image when there are several
     stop: tuple[str, ...]
+    begin: str = ""  # once, at the very start of a conversation
+    no_image: str = ""  # before a question that has no image
+    answer_prefix: str = ""  # before an answer given as text (not as the ids the model generated)
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """What a prompt needs of an image: its tile count (a whole-image tile included) and the grid
+    (columns, rows) the other tiles form."""
+
+    tiles: int
+    grid: tuple[int, int] = (1, 1)
 
 
 @dataclass(frozen=True)
@@ -46,21 +58,19 @@ class PromptFormat:
     tokens (by name) that template text may contain; their ids come from the tokenizer, never from here."""
 
     template: Template
-    image_start: str  # before an image's rows, e.g. "<img>"
+    image_start: str  # before the rows of an image sent whole (one tile), e.g. "<img>"
     image_token: str  # one per feature row, e.g. "<IMG_CONTEXT>"
     image_end: str  # after them, e.g. "</img>"
     controls: tuple[str, ...]  # every control token the template and image text use
-
-    def image_block(self, rows: int) -> str:
-        return self.image_start + self.image_token * rows + self.image_end
+    image_text: Callable[[ImageLayout], str]  # the family's text for one image's feature rows
 
 
 @dataclass(frozen=True)
 class Turn:
-    """One user turn: its question, the tile count of each attached image, and the answer once known."""
+    """One user turn: its question, the layout of each attached image, and the answer once known."""
 
     question: str
-    image_tiles: tuple[int, ...] = ()
+    images: tuple[ImageLayout, ...] = ()
     answer: str | None = None
 
 
@@ -90,13 +100,11 @@ class PromptEncoder:
     `control` maps each control token of the format to its id (a bundle's manifest records them);
     only those strings, and only in template text, become control tokens."""
 
-    def __init__(self, tokenizer: Tokenizer, fmt: PromptFormat, control: Mapping[str, int],
-                 tokens_per_tile: int) -> None:  # fmt: skip
+    def __init__(self, tokenizer: Tokenizer, fmt: PromptFormat, control: Mapping[str, int]) -> None:
         missing = [c for c in fmt.controls if c not in control]
         if missing:
             raise ValueError(f"no id for the control token(s) {', '.join(missing)}")
         self.tokenizer, self.format, self.template = tokenizer, fmt, fmt.template
-        self.tokens_per_tile = tokens_per_tile
         self._plain = _without_added_tokens(tokenizer)
         self._control = {c: control[c] for c in fmt.controls}
         self._control_re = re.compile("(" + "|".join(re.escape(c) for c in sorted(fmt.controls, key=len,
@@ -106,16 +114,15 @@ class PromptEncoder:
 
     # -- rendering ---------------------------------------------------------------------------
 
-    def _image_block(self, tiles: int) -> str:
-        return self.format.image_block(self.tokens_per_tile * tiles)
-
     def _render_turn(self, parts: Parts, turn: Turn) -> None:
-        t = self.template
+        t, image = self.template, self.format.image_text
         parts.template(t.user[0])
-        if len(turn.image_tiles) == 1:
-            parts.template(t.single_image.format(image=self._image_block(turn.image_tiles[0])))
-        for k, tiles in enumerate(turn.image_tiles if len(turn.image_tiles) > 1 else (), 1):
-            parts.template(t.multi_image.format(k=k, image=self._image_block(tiles)))
+        if not turn.images:
+            parts.template(t.no_image)
+        elif len(turn.images) == 1:
+            parts.template(t.single_image.format(image=image(turn.images[0])))
+        for k, layout in enumerate(turn.images if len(turn.images) > 1 else (), 1):
+            parts.template(t.multi_image.format(k=k, image=image(layout)))
         parts.user(turn.question)
         parts.template(t.user[1] + t.assistant[0])
 
@@ -123,6 +130,7 @@ class PromptEncoder:
         if answer in known:
             parts.ids(known[answer])
         else:
+            parts.template(self.template.answer_prefix)
             parts.user(answer)
         parts.template(self.template.assistant[1])
 
@@ -131,9 +139,11 @@ class PromptEncoder:
         """The whole conversation, ending with the assistant header of the last turn. An answer found in
         `known` is put in as those ids (what the model generated) instead of re-tokenised."""
         t, parts = self.template, Parts()
-        parts.template(t.system[0])
-        parts.user(t.default_system if system is None else system)
-        parts.template(t.system[1])
+        parts.template(t.begin)
+        if (text := t.default_system if system is None else system) is not None:
+            parts.template(t.system[0])
+            parts.user(text)
+            parts.template(t.system[1])
         for i, turn in enumerate(turns):
             if turn.answer is None and i != len(turns) - 1:
                 raise ValueError(f"turn {i + 1} of {len(turns)} has no answer; only the last may be open")

@@ -50,11 +50,11 @@ class ChatSession:
             if needed <= limit or not turns:
                 break
             dropped = turns.pop(0)
-            images = images[len(dropped.image_tiles) :]
+            images = images[len(dropped.images) :]
             self.dropped_turns += 1
         if needed > limit:
             raise ContextOverflow(
-                f"this question needs {needed} prompt tokens ({sum(turn.image_tiles)} image tiles) plus "
+                f"this question needs {needed} prompt tokens ({sum(i.tiles for i in turn.images)} image tiles) plus "
                 f"{self._reserve(params)} for the answer, but the context holds {self.engine.context_length}: "
                 "use fewer tiles or a bundle with a larger context"
             )
@@ -68,7 +68,7 @@ class ChatSession:
         Bad images and prompts that cannot fit raise here, before any streaming starts."""
         params = params or SamplingParams()
         new_images = [self.engine.encode_image(src, max_tiles=self.max_tiles) for src in images]
-        turn = Turn(question, tuple(img.tiles.count for img in new_images))
+        turn = Turn(question, tuple(img.tiles.layout for img in new_images))
         conversation = self._fit(turn, new_images, params)
         self.last_stats = TurnStats()
         return self._run(conversation, params, self.last_stats)
@@ -81,7 +81,7 @@ class ChatSession:
                 yield chunk
         finally:
             turn = conversation.turns[-1]
-            self.turns.append(Turn(turn.question, turn.image_tiles, "".join(pieces)))
+            self.turns.append(Turn(turn.question, turn.images, "".join(pieces)))
             self.images = conversation.images
 
     def chat(self, question: str, images: Sequence[ImageSource] = (), *, stream: bool = False,

@@ -46,36 +46,76 @@ class VisionBuilder:
     def __init__(self, g: Graph, get: Weights, cfg: Any, spec: VisionGraphSpec) -> None:
         self.g, self.get, self.cfg, self.spec = g, get, cfg, spec
 
-    def linear(self, x: str, name: str, scope: str, out_scale: str | None = None) -> str:
-        """x @ W^T + b for the canonical weight `{name}.weight` (and `.bias`).
+    def linear(self, x: str, name: str, scope: str, out_scale: str | None = None, *, bias: bool = True) -> str:
+        """x @ W^T + b for the canonical weight `{name}.weight` (and `.bias` unless bias=False).
 
         `out_scale` names a per-channel scale folded into W and b (InternViT's layer scales): one
         multiply of a [N,1025,D] activation per use less, and exact in every precision.
         """
-        g, w, b = self.g, self.get(name + ".weight"), self.get(name + ".bias")
+        g, w = self.g, self.get(name + ".weight")
+        b = self.get(name + ".bias") if bias else None
         if out_scale is not None:
             scale = self.get(out_scale).astype(np.float32)
-            w, b = w * scale[:, None], b * scale
-        bias = g.weight(name + ".bias", b)
+            w, b = w * scale[:, None], (None if b is None else b * scale)
+        b_name = "" if b is None else g.weight(name + ".bias", b)
         if self.spec.precision == "int8":
             q, scale = int8_per_channel(w)
-            ins = [x, g.weight(name + ".weight.int8", q), g.weight(name + ".weight.scale", scale), "", bias]
-            return g.op("DynamicQuantizeMatMul", ins, scope, domain="com.microsoft")
+            ins = [x, g.weight(name + ".weight.int8", q), g.weight(name + ".weight.scale", scale), "", b_name]
+            return g.op("DynamicQuantizeMatMul", ins if b_name else ins[:3], scope, domain="com.microsoft")
         if self.spec.precision == "fp16":
             wt = g.op("Cast", [g.weight(name + ".weight.fp16", w.T.astype(np.float16))], scope, to=TensorProto.FLOAT)
         else:
             wt = g.weight(name + ".weight.t", w.T.astype(np.float32))
-        return g.op("Add", [g.op("MatMul", [x, wt], scope), bias], scope)
+        out = g.op("MatMul", [x, wt], scope)
+        return g.op("Add", [out, b_name], scope) if b_name else out
 
     def layer_norm(self, x: str, name: str, scope: str, eps: float) -> str:
         w, b = (self.g.weight(f"{name}.{k}", self.get(f"{name}.{k}")) for k in ("weight", "bias"))
         return self.g.op("LayerNormalization", [x, w, b], scope, axis=-1, epsilon=eps)
 
-    def gelu(self, x: str, scope: str) -> str:
-        """Exact GELU: ONNX Runtime's Gelu where contrib ops are allowed, else from Erf (Gelu is opset 20)."""
+    def gelu(self, x: str, scope: str, *, tanh: bool = False) -> str:
+        """GELU, exact or its tanh approximation (SigLIP's): ONNX Runtime's Gelu / FastGelu where contrib
+        ops are allowed (one node instead of five or more), else from Erf or Tanh (Gelu is opset 20)."""
         g = self.g
-        if self.spec.contrib:  # one node instead of five (ONNX Runtime does not fuse this Erf form back)
-            return g.op("Gelu", [x], scope, domain="com.microsoft")
-        erf = g.op("Erf", [g.op("Mul", [x, g.const("/c/inv_sqrt2", 2**-0.5, np.float32)], scope)], scope)
+        if self.spec.contrib:
+            return g.op("FastGelu" if tanh else "Gelu", [x], scope, domain="com.microsoft")
+        if tanh:  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+            cube = g.op("Mul", [g.op("Mul", [x, x], scope), x], scope)
+            inner = g.op("Add", [x, g.op("Mul", [cube, g.const("/c/gelu_k", 0.044715, np.float32)], scope)], scope)
+            inner = g.op("Mul", [inner, g.const("/c/sqrt_2_pi", (2 / np.pi) ** 0.5, np.float32)], scope)
+            core = g.op("Tanh", [inner], scope)
+        else:
+            core = g.op("Erf", [g.op("Mul", [x, g.const("/c/inv_sqrt2", 2**-0.5, np.float32)], scope)], scope)
         half_x = g.op("Mul", [x, g.const("/c/half", 0.5, np.float32)], scope)
-        return g.op("Mul", [half_x, g.op("Add", [erf, g.const("/c/one", 1.0, np.float32)], scope)], scope)
+        return g.op("Mul", [half_x, g.op("Add", [core, g.const("/c/one", 1.0, np.float32)], scope)], scope)
+
+    def attention(self, x: str, prefix: str, scope: str, heads: int, out_scale: str | None = None) -> str:
+        """Bidirectional self-attention over a tile: `{prefix}.qkv` ─ heads ─ softmax(q k^T / sqrt(d)) v ─
+        `{prefix}.proj` (one MultiHeadAttention node where contrib ops are allowed)."""
+        g = self.g
+        qkv = self.linear(x, prefix + ".qkv", scope + "/qkv")
+        if self.spec.contrib:
+            q, k, val = g.op("Split", [qkv], scope, outputs=3, axis=2)
+            out = g.op("MultiHeadAttention", [q, k, val], scope, domain="com.microsoft", num_heads=heads)
+        else:
+            head_dim = self.cfg.vision.hidden_size // heads
+            shape = g.const("/c/qkv_heads", [0, 0, 3, heads, head_dim])
+            split = g.op("Transpose", [g.op("Reshape", [qkv, shape], scope)], scope, perm=[2, 0, 3, 1, 4])
+            q, k, val = g.op("Split", [split], scope, outputs=3, axis=0)
+            q, k, val = (g.op("Squeeze", [t, g.const("/c/axis0", [0])], scope) for t in (q, k, val))
+            q = g.op("Mul", [q, g.const("/c/attn_scale", head_dim**-0.5, np.float32)], scope)
+            scores = g.op("MatMul", [q, g.op("Transpose", [k], scope, perm=[0, 1, 3, 2])], scope)
+            ctx = g.op("MatMul", [g.op("Softmax", [scores], scope, axis=-1), val], scope)
+            merge = g.const("/c/merge", [0, 0, -1])
+            out = g.op("Reshape", [g.op("Transpose", [ctx], scope, perm=[0, 2, 1, 3]), merge], scope)
+        return self.linear(out, prefix + ".proj", scope + "/proj", out_scale=out_scale)
+
+    def pixel_shuffle(self, x: str, side: int, factor: int) -> str:
+        """[N,side²,D] ─ [N,(side/f)²,f²D], each output row an f x f block of patches (InternVL's pixel
+        shuffle v2 and SmolVLM's connector order the channels alike)."""
+        g, d, small, s = self.g, self.cfg.vision.hidden_size, side // factor, "/vision/shuffle"
+        x = g.op("Reshape", [x, g.const("/c/ps1", [0, side, small, factor * d])], s)
+        x = g.op("Transpose", [x], s, perm=[0, 2, 1, 3])
+        x = g.op("Reshape", [x, g.const("/c/ps2", [0, small, small, factor * factor * d])], s)
+        x = g.op("Transpose", [x], s, perm=[0, 2, 1, 3])
+        return g.op("Reshape", [x, g.const("/c/ps3", [0, small * small, factor * factor * d])], s)

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..config import ConfigError, read_config_json
 
-FAMILIES = ("internvl3",)
+FAMILIES = ("internvl3", "smolvlm2")
 
 
 def family(name: str) -> ModuleType:

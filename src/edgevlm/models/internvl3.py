@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..config import ConfigError, TextConfig, divides, get_key, is_whole, scalar, section, text_config, validate
 from ..image import DEFAULT_MAX_PIXELS, IMAGENET, ImageSource, Norm, Tiles, load_image, normalize
-from ..prompt import PromptFormat, Template
+from ..prompt import ImageLayout, PromptFormat, Template
 
 NAME = "internvl3"
 TILE, MAX_TILES = 448, 12  # InternVL3's tile size and tile limit (a checkpoint may say otherwise)
@@ -119,6 +119,19 @@ class ModelConfig:
     @property
     def label(self) -> str:
         return f"{NAME}, {self.naming} naming"
+
+    # What every family's config says of its tiling (the bundle's manifest records these).
+    @property
+    def tile_size(self) -> int:
+        return self.vision.image_size
+
+    @property
+    def min_tiles(self) -> int:
+        return self.min_dynamic_patch
+
+    @property
+    def max_tiles(self) -> int:
+        return self.max_dynamic_patch
 
     def with_naming(self, naming: str) -> ModelConfig:
         return replace(self, naming=naming)
@@ -461,7 +474,12 @@ def prompt_format(cfg: ModelConfig) -> PromptFormat:
     if cfg.template not in TEMPLATES:
         raise ConfigError(f"config.json: template '{cfg.template}' is not supported (known: {', '.join(TEMPLATES)})")
     start, token, end = IMAGE_TOKENS
-    return PromptFormat(TEMPLATES[cfg.template], start, token, end, ("<|im_start|>", "<|im_end|>", *IMAGE_TOKENS))
+
+    def image_text(layout: ImageLayout) -> str:  # every tile's rows in one block
+        return start + token * (cfg.tokens_per_tile * layout.tiles) + end
+
+    controls = ("<|im_start|>", "<|im_end|>", *IMAGE_TOKENS)
+    return PromptFormat(TEMPLATES[cfg.template], start, token, end, controls, image_text)
 
 
 # --------------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def export_vision(ck_dir: Path, out: Path, target: str, log: Callable[[str], Non
         work = Path(tmp)
         onnx_path = ck.family.build_vision_graph(ck.get, ck.config, work / "vision_npu.onnx",
                                        VisionGraphSpec("fp32", batch=1, contrib=False))  # fmt: skip
-        tile = probe_tile(ck.config.vision.image_size)
+        tile = probe_tile(ck.config.tile_size)
         from PIL import Image
 
         ref = OrtVisionEncoder(onnx_path, cache=False).encode(normalize(Image.fromarray(tile))[None])[0]
@@ -154,7 +154,7 @@ def export_rk3588(src: str | Path, out: str | Path, *, target: str = "rk3588",
     manifest = open_bundle(out)
     check = export_vision(ck_dir, out, target, log)
     rkllm_file = export_llm(ck_dir, out, target, manifest.context_length, log)
-    parts, tile = dict(manifest.parts), manifest.model.vision.image_size
+    parts, tile = dict(manifest.parts), manifest.model.tile_size
     parts[f"vision_{target}"] = Part(RKNN_FILE.format(target=target), "fp16", {
         "target": target, "input": f"uint8 NHWC [1,{tile},{tile},3], ImageNet mean/std inside",
         "simulator_cosine": round(check["cosine"], 7),

@@ -207,7 +207,7 @@ class Server:
                                                       max_pixels=self.settings.max_image_pixels))  # fmt: skip
             except (ImageError, ValueError) as e:
                 raise RequestError(f"bad image: {e}", param="messages") from None
-        conversation = Conversation(req.as_turns([img.tiles.count for img in images]), images, req.system)
+        conversation = Conversation(req.as_turns([img.tiles.layout for img in images]), images, req.system)
         n = self.model.count_tokens(conversation)
         room = self.model.context_length - n
         if room < 1:

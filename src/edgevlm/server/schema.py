@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..prompt import Turn, is_text
+from ..prompt import ImageLayout, Turn, is_text
 from ..runtime.sampling import DEFAULT_MAX_TOKENS, SamplingParams
 from .images import RequestError
 
@@ -48,9 +48,9 @@ class ChatRequest:
     def image_urls(self) -> list[str]:
         return [url for t in self.turns for url in t.image_urls]
 
-    def as_turns(self, tiles: list[int]) -> list[Turn]:
-        """Prompt turns, given the tile count of each image in request order."""
-        it = iter(tiles)
+    def as_turns(self, layouts: list[ImageLayout]) -> list[Turn]:
+        """Prompt turns, given the layout of each image in request order."""
+        it = iter(layouts)
         return [Turn(t.text, tuple(next(it) for _ in t.image_urls), t.answer) for t in self.turns]
 
 
