@@ -1,9 +1,11 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
-from edgevlm.bench import EXTRA, KEYS, format_table
+from edgevlm.bench import BOARD_DEMO, EXTRA, KEYS, format_table
 from edgevlm.convert import ConvertOptions, convert
+from edgevlm.models import preset, preset_name
 
 
 def test_bench_json_on_a_tiny_bundle(tiny_ckpt, tmp_path):
@@ -12,7 +14,7 @@ def test_bench_json_on_a_tiny_bundle(tiny_ckpt, tmp_path):
     r = subprocess.run([sys.executable, "-m", "edgevlm", "bench", "-m", str(tmp_path / "b"), "--runs", "2",
                         "--gen-tokens", "8", "--tiles", "2", "--json", str(out)],
                        capture_output=True, text=True, check=True)  # fmt: skip
-    assert "| board demo" in r.stdout and "time to first token" in r.stdout
+    assert "| board demo" not in r.stdout and "time to first token" in r.stdout  # no published row for "tiny"
     d = json.loads(out.read_text())
     for key in KEYS + EXTRA:
         assert set(d[key]) == {"median", "min", "max"}, key
@@ -32,3 +34,12 @@ def test_bench_json_on_a_tiny_bundle(tiny_ckpt, tmp_path):
     # On the NPU backend the weights are RKLLM's own: no ceiling, and the table leaves its line out.
     board = {k: v for k, v in d.items() if k not in ("decode_ceiling_tok_s", "decode_of_ceiling")}
     assert "decode ceiling" not in format_table(board) and "| decode |" in format_table(board)
+    # A bundle of a real model's dimensions is set beside that model's published board row.
+    named = {**d, "model": "smolvlm2-256m", "board_demo": BOARD_DEMO["smolvlm2-256m"]}
+    assert "| board demo (RK3588 NPU, published, smolvlm2-256m) | - |" in format_table(named)
+    assert format_table(named).splitlines()[3].endswith("| 54 |")
+
+
+def test_presets_are_recognised_by_their_dimensions():
+    assert preset_name(preset("smolvlm2-256m")) == "smolvlm2-256m" and preset_name(preset("internvl3-1b"))
+    assert preset_name(replace(preset("smolvlm2-256m"), scale_factor=2)) is None

@@ -80,3 +80,13 @@ def test_full_size_export(rknn_python, tmp_path):
     out = tmp_path / "full"
     export.export_rk3588(cached_checkpoint("internvl3-1b", "original"), out)
     assert open_bundle(out).parts["vision_rk3588"].extra["simulator_cosine"] >= 0.999
+
+
+def test_smolvlm2_export_checks_in_the_simulator(rknn_python, smol_ckpt, tmp_path):
+    """SigLIP's NPU form (tanh GELU from standard ops) with SmolVLM's mean/std (0.5) baked in."""
+    out = tmp_path / "smol"
+    export.export_rk3588(smol_ckpt, out, log=lambda m: None)
+    part = open_bundle(out, hashes=True).parts["vision_rk3588"]
+    assert part.extra["simulator_cosine"] >= 0.999 and part.extra["simulator_token_cosine_min"] >= 0.99
+    recipe = (out / export.RECIPE_FILE).read_text()
+    assert "smolvlm2 language model" in recipe and "<fake_token_around_image><global-img>" in recipe

@@ -260,3 +260,38 @@ def test_quantised_bundle_answers_and_info_names_the_family(smol_ckpt, tmp_path)
     session = m.session()
     session.chat("Describe the image.", [picture(288, 288)], max_tokens=4)
     assert session.last_stats.tiles == 5 and session.last_stats.generation.generated_tokens >= 1
+
+
+def test_answers_do_not_start_with_the_templates_space(model):
+    """SmolVLM2 answers " The ..." after "Assistant:"; the text shown (and sent back) starts at "The"."""
+    session = model.session()
+    answer = session.chat("Hi", max_tokens=6)
+    assert not answer.startswith(" ")
+    ids = model.prompt.encode([*session.turns, Turn("More?")])
+    raw = model.tokenizer.decode(ids)
+    assert "Assistant: " + answer in raw  # the template's space is back in the prompt, once
+
+
+def test_cli_chat_and_server_answer_as_the_api(model, smol_bundle, tmp_path):
+    import base64
+    import subprocess
+    import sys
+
+    from helpers import Server
+
+    img = tmp_path / "p.png"
+    picture(210, 160, 3).save(img)
+    expected = model.chat("Describe the image.", [img], max_tokens=NEW)
+    r = subprocess.run([sys.executable, "-m", "edgevlm", "chat", "-m", str(smol_bundle), "-i", str(img), "-p",
+                        "Describe the image.", "--temperature", "0", "--max-tokens", str(NEW)],
+                       capture_output=True, text=True, check=True)  # fmt: skip
+    assert r.stdout == expected + "\n"
+    server = Server(smol_bundle)
+    try:
+        url = "data:image/png;base64," + base64.b64encode(img.read_bytes()).decode()
+        content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Describe the image."}]
+        reply = server.client().chat.completions.create(
+            model="edgevlm", messages=[{"role": "user", "content": content}], max_tokens=NEW, temperature=0)
+        assert reply.choices[0].message.content == expected
+    finally:
+        server.stop()

@@ -42,14 +42,18 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     from .graphs.decoder import LLM_PRECISIONS
     from .graphs.vision import PRECISIONS
 
-    p = sub.add_parser("convert", help="make an edge bundle from an InternVL3 checkpoint (folder or hub id)")
-    p.add_argument("src", help="checkpoint folder (original or -hf naming) or a hub id such as OpenGVLab/InternVL3-1B")
+    p = sub.add_parser("convert", help="make an edge bundle from an InternVL3 or SmolVLM2 checkpoint (folder or hub "
+                                       "id)")  # fmt: skip
+    p.add_argument("src", help="checkpoint folder or a hub id such as OpenGVLab/InternVL3-1B or "
+                               "HuggingFaceTB/SmolVLM2-256M-Video-Instruct")  # fmt: skip
     p.add_argument("out", type=Path, help="bundle folder to write")
     p.add_argument("--llm", default="w8a8", choices=list(LLM_PRECISIONS), help="language model weights")
     p.add_argument("--vision", default="int8", choices=list(PRECISIONS), help="vision encoder weights")
     p.add_argument("--max-context", type=int, default=4096, help="context window in tokens (default 4096)")
     p.add_argument("--max-tiles", type=_number(int, "--max-tiles", 1), default=None,
-                   help="most image tiles (default and upper limit: the model's)")
+                   help="most tiles per image, the whole-image tile included (default and upper limit: the model's; "
+                        "InternVL3: its dynamic tiles; SmolVLM2: 1 turns image splitting off, more picks the "
+                        "largest resize that fits)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
 
@@ -100,7 +104,7 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model", type=Path, required=True, help="bundle folder")
     p.add_argument("-i", "--image", type=Path, action="append", default=[], help="image file (repeatable)")
     p.add_argument("-p", "--prompt", help="answer this once and exit (only the answer goes to stdout)")
-    p.add_argument("--system", help="system message (default: InternVL's own)")
+    p.add_argument("--system", help="system message (default: the model's own, if it has one)")
     d = SamplingParams()
     p.add_argument("--max-tokens", type=_number(int, "--max-tokens", 1), default=d.max_tokens)
     p.add_argument("--temperature", type=_number(float, "--temperature", 0, 2), default=d.temperature,
@@ -111,7 +115,8 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
                    default=d.repetition_penalty)
     p.add_argument("--seed", type=_number(int, "--seed", 0, 2**63 - 1), default=d.seed)
     p.add_argument("--max-tiles", type=_number(int, "--max-tiles", 1), default=None,
-                   help="most tiles per image (lowers the bundle's limit, never raises it)")
+                   help="most tiles per image, the whole-image tile included (lowers the bundle's limit, never "
+                        "raises it; for SmolVLM2, 1 turns image splitting off)")  # fmt: skip
     p.add_argument("--threads", type=_number(int, "--threads", 1), default=None)
     p.add_argument("--stats", action="store_true", help="print timings to stderr")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
@@ -219,7 +224,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="edgevlm", description="Run InternVL3 on a CPU or the RK3588 NPU.")
+    parser = _Parser(prog="edgevlm", description="Run small vision-language models (InternVL3, SmolVLM2) on a CPU "
+                                                 "or the RK3588 NPU.")  # fmt: skip
     parser.add_argument("--version", action="version", version=f"edgevlm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add, _ in COMMANDS.values():

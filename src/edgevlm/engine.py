@@ -9,9 +9,10 @@ this interface.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -132,6 +133,16 @@ def prompt_encoder(manifest: Manifest, tokenizer: Tokenizer) -> PromptEncoder:
 def tiling_of(manifest: Manifest) -> ImageProcessor:
     """The image processing a bundle's model was trained with (its tile limits as converted)."""
     return models.family(manifest.model.family).tiling(manifest.model, manifest.min_tiles, manifest.max_tiles)
+
+
+def without_lead(chunks: Iterator[StreamChunk], lead: str) -> Iterator[StreamChunk]:
+    """The answer without the template's `answer_prefix` it starts with (SmolVLM2 answers " The ..." after
+    "Assistant:"): the text shown and kept is then what the template puts back after that prefix."""
+    with contextlib.closing(chunks):  # closing this stream closes the engine's (its cache bookkeeping)
+        for chunk in chunks:
+            if lead and chunk.text:
+                chunk, lead = replace(chunk, text=chunk.text.removeprefix(lead)), ""
+            yield chunk
 
 
 class BundleEngine:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .bundle import Manifest, open_bundle
 from .embedding import EmbeddingTable
-from .engine import BundleEngine, Conversation, EncodedImage, TurnStats, load_part, load_prompt
+from .engine import BundleEngine, Conversation, EncodedImage, TurnStats, load_part, load_prompt, without_lead
 from .runtime.decoder import OrtLanguageModel
 from .runtime.generate import StreamChunk, stream_generate
 from .runtime.sampling import SamplingParams
@@ -87,7 +87,8 @@ class VLM(BundleEngine):
         """Stream the answer to a conversation. With `shared` (the server: requests of several clients share
         the cache) re-use never reveals how much of another client's prompt a request matched."""
         ids = self.prompt_ids(conversation)
-        return self._generate(ids, conversation.images, params, stats, shared=shared)
+        chunks = self._generate(ids, conversation.images, params, stats, shared=shared)
+        return without_lead(chunks, self.prompt.template.answer_prefix)
 
     def _features(self, image: EncodedImage, stats: TurnStats) -> np.ndarray:
         if image.features is None:
@@ -156,7 +157,8 @@ class VLM(BundleEngine):
         """Keep the ids of an answer under its text, as a session will send it back in the next turn."""
         answer = generated[:-1] if generated and generated[-1] in stop_ids else generated
         if answer:
-            self._answers[self.tokenizer.decode(answer, skip_special_tokens=True)] = tuple(answer)
+            text = self.tokenizer.decode(answer, skip_special_tokens=True)
+            self._answers[text.removeprefix(self.prompt.template.answer_prefix)] = tuple(answer)
             while len(self._answers) > KNOWN_ANSWERS:
                 self._answers.popitem(last=False)
 

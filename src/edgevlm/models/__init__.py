@@ -76,3 +76,9 @@ def preset(name: str) -> Any:
             return presets[name]
     known = sorted(p for fam in FAMILIES for p in family(fam).PRESETS)
     raise ConfigError(f"unknown preset '{name}'; choose from {known}")
+
+
+def preset_name(cfg: Any) -> str | None:
+    """The preset a config has the dimensions of (a real model's name), if any."""
+    presets = family(cfg.family).PRESETS
+    return next((name for name, p in presets.items() if p == cfg), None)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import Manifest
-from ..engine import BundleEngine, Conversation, EncodedImage, TurnStats, load_prompt, tiling_of
+from ..engine import BundleEngine, Conversation, EncodedImage, TurnStats, load_prompt, tiling_of, without_lead
 from ..prompt import TEMPLATE, PromptEncoder, PromptFormat, Turn
 from ..runtime.generate import GenerationStats, StreamChunk
 from ..runtime.sampling import SamplingParams
@@ -108,7 +108,7 @@ class BoardModel(BundleEngine):
         stats.images, stats.tiles = len(images), sum(img.tiles.count for img in images)
         stats.prompt_tokens = self.count_tokens(conversation)
         features = self._features(images[len(images) - n_new :] if n_new else [], stats)
-        return self._run(full, new, features, params, stats)
+        return without_lead(self._run(full, new, features, params, stats), self.prompt.template.answer_prefix)
 
     def _run(self, full: str, new: str, features: np.ndarray | None, params: SamplingParams,
              stats: TurnStats) -> Iterator[StreamChunk]:  # fmt: skip
@@ -188,7 +188,7 @@ def load_board(bundle: str | Path, *, library: str = "librkllmrt.so", target: st
         llm = RkllmModel(folder / m.parts[f"llm_{target}"].file, library=library, max_context=m.context_length)
         middle = time.perf_counter()
         vision = RknnVisionEncoder.load(folder / m.parts[f"vision_{target}"].file, m.model.tokens_per_tile,
-                                        m.model.text.hidden_size)  # fmt: skip
+                                        m.model.text.hidden_size, (m.model.image_mean, m.model.image_std))  # fmt: skip
         load_times = {"llm": middle - start, "vision": time.perf_counter() - middle}
     except ImportError:
         raise BoardError("rknn-toolkit-lite2 is not installed (pip install rknn-toolkit-lite2 on the board)") from None

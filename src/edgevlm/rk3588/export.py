@@ -1,7 +1,7 @@
 """`edgevlm export-rk3588`: the NPU artifacts of a bundle, checked before they reach a board.
 
 Vision: the fp32 graph in its NPU form (one static tile, standard ONNX ops, opset 17) is turned
-into an fp16 `.rknn` by rknn-toolkit2 with ImageNet mean/std baked in, so the board feeds uint8
+into an fp16 `.rknn` by rknn-toolkit2 with the model's mean/std baked in, so the board feeds uint8
 NHWC pixels. The same build runs in Rockchip's x86 simulator on a test tile and must match ONNX
 Runtime fp32 with cosine >= 0.999, or nothing is recorded.
 
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import models
 from ..bundle import Part, open_bundle, write_manifest
 from ..checkpoint import open_checkpoint
 from ..convert import ConvertError, ConvertOptions, convert, resolve_source
@@ -76,17 +77,19 @@ def export_vision(ck_dir: Path, out: Path, target: str, log: Callable[[str], Non
         work = Path(tmp)
         onnx_path = ck.family.build_vision_graph(ck.get, ck.config, work / "vision_npu.onnx",
                                        VisionGraphSpec("fp32", batch=1, contrib=False))  # fmt: skip
-        tile = probe_tile(ck.config.tile_size)
+        cfg = ck.config
+        tile, norm = probe_tile(cfg.tile_size), (cfg.image_mean, cfg.image_std)
         from PIL import Image
 
-        ref = OrtVisionEncoder(onnx_path, cache=False).encode(normalize(Image.fromarray(tile))[None])[0]
+        ref = OrtVisionEncoder(onnx_path, cache=False).encode(normalize(Image.fromarray(tile), norm)[None])[0]
         np.save(work / "tile.npy", tile)
         np.save(work / "ref.npy", ref)
         target_file = out / RKNN_FILE.format(target=target)
         log(f"building {target_file.name} with rknn-toolkit2 and checking it in the simulator ...")
         cmd = [str(rknn_python()), str(Path(__file__).with_name("rknn_build.py")), "--onnx", str(onnx_path),
                "--out", str(work / target_file.name), "--target", target, "--tile", str(work / "tile.npy"),
-               "--ref", str(work / "ref.npy")]  # fmt: skip
+               "--ref", str(work / "ref.npy"), "--mean", ",".join(map(str, norm[0])),
+               "--std", ",".join(map(str, norm[1]))]  # fmt: skip
         run = subprocess.run(cmd, capture_output=True, text=True, cwd=work)  # the toolkit litters its cwd
         lines = [ln for ln in run.stdout.splitlines() if ln.startswith("{")]
         if run.returncode != 0 or not lines:
@@ -102,11 +105,12 @@ def export_vision(ck_dir: Path, out: Path, target: str, log: Callable[[str], Non
     return check
 
 
-RECIPE = '''"""Convert the InternVL3 language model to .rkllm for {target} (w8a8) with Rockchip's rkllm-toolkit.
+RECIPE = '''"""Convert the {label} language model to .rkllm for {target} (w8a8) with Rockchip's rkllm-toolkit.
 
 Run on an x86_64 Linux machine with rkllm-toolkit 1.3.0 installed (from Rockchip's rknn-llm
 releases), then copy the .rkllm into the bundle folder and run `edgevlm export-rk3588` again
-(or just put it there: the board backend looks for {out_name}).
+(or just put it there: the board backend looks for {out_name}). At run time the board backend
+gives RKLLM this model's image tags: start {start!r}, end {end!r}, content {content!r}.
 
     python {recipe}
 """
@@ -126,9 +130,12 @@ def export_llm(ck_dir: Path, out: Path, target: str, context: int, log: Callable
     """Run rkllm-toolkit when importable; otherwise write its recipe. Returns the .rkllm if made."""
     rkllm_out = out / f"llm.{target}.rkllm"
     recipe = out / RECIPE_FILE
-    # rkllm-toolkit loads the language model part of a checkpoint (a Qwen2 in InternVL3).
-    text = RECIPE.format(target=target, checkpoint=str(ck_dir.resolve()), context=context,
-                         out=str(rkllm_out.resolve()), out_name=rkllm_out.name, recipe=recipe.name)  # fmt: skip
+    # rkllm-toolkit loads the language model part of a vision-language checkpoint itself.
+    cfg = open_checkpoint(ck_dir).config
+    fmt = models.family(cfg.family).prompt_format(cfg)
+    text = RECIPE.format(target=target, checkpoint=str(ck_dir.resolve()), context=context, label=cfg.label,
+                         out=str(rkllm_out.resolve()), out_name=rkllm_out.name, recipe=recipe.name,
+                         start=fmt.image_start, end=fmt.image_end, content=fmt.image_token)  # fmt: skip
     recipe.write_text(text)
     try:
         import rkllm.api  # noqa: F401
@@ -156,7 +163,7 @@ def export_rk3588(src: str | Path, out: str | Path, *, target: str = "rk3588",
     rkllm_file = export_llm(ck_dir, out, target, manifest.context_length, log)
     parts, tile = dict(manifest.parts), manifest.model.tile_size
     parts[f"vision_{target}"] = Part(RKNN_FILE.format(target=target), "fp16", {
-        "target": target, "input": f"uint8 NHWC [1,{tile},{tile},3], ImageNet mean/std inside",
+        "target": target, "input": f"uint8 NHWC [1,{tile},{tile},3], the model's mean/std inside",
         "simulator_cosine": round(check["cosine"], 7),
         "simulator_token_cosine_min": round(check["token_cosine_min"], 7),
     })  # fmt: skip

@@ -17,26 +17,26 @@ from pathlib import Path
 
 import numpy as np
 
-MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]  # ImageNet mean/std in 0..255: baked into the model
-STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+Norm = tuple[list[float], list[float]]  # the model's per-channel mean and std, 0..1: baked into the .rknn
 
 
-def _encode_with_backend(rknn: object, pixels: np.ndarray, ref: np.ndarray) -> np.ndarray:
+def _encode_with_backend(rknn: object, pixels: np.ndarray, ref: np.ndarray, norm: Norm) -> np.ndarray:
     """Run tiles through edgevlm's board backend class with the simulator as its runtime."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # src/, for edgevlm (numpy-only here)
     from edgevlm.rk3588.rknn_lite import RknnVisionEncoder
 
-    return RknnVisionEncoder(rknn, ref.shape[-2], ref.shape[-1]).encode(pixels)
+    return RknnVisionEncoder(rknn, ref.shape[-2], ref.shape[-1], norm=norm).encode(pixels)  # type: ignore[arg-type]
 
 
-def build_and_check(onnx_path: str, out: str, target: str, tile: np.ndarray, ref: np.ndarray,
+def build_and_check(onnx_path: str, out: str, target: str, tile: np.ndarray, ref: np.ndarray, norm: Norm,
                     pixels: np.ndarray | None = None) -> tuple[dict, np.ndarray | None]:  # fmt: skip
     from rknn.api import RKNN
 
     rknn = RKNN(verbose=False)
+    mean, std = ([v * 255 for v in values] for values in norm)  # the toolkit takes 0..255
     try:
         start = time.time()
-        rknn.config(mean_values=[MEAN], std_values=[STD], target_platform=target)
+        rknn.config(mean_values=[mean], std_values=[std], target_platform=target)
         for step, ret in (("load_onnx", lambda: rknn.load_onnx(model=onnx_path)),
                           ("build", lambda: rknn.build(do_quantization=False)),
                           ("export_rknn", lambda: rknn.export_rknn(out))):  # fmt: skip
@@ -47,7 +47,7 @@ def build_and_check(onnx_path: str, out: str, target: str, tile: np.ndarray, ref
             raise RuntimeError("rknn init_runtime (simulator) failed")
         got = np.asarray(rknn.inference(inputs=[tile[None]], data_format="nhwc")[0], dtype=np.float32)
         simulated = time.time()
-        features = _encode_with_backend(rknn, pixels, ref) if pixels is not None else None
+        features = _encode_with_backend(rknn, pixels, ref, norm) if pixels is not None else None
     finally:
         rknn.release()
     got, ref = got.reshape(ref.shape), ref.astype(np.float32)
@@ -65,11 +65,15 @@ def main() -> int:
     p.add_argument("--target", default="rk3588")
     p.add_argument("--tile", required=True, help="uint8 [T,T,3] .npy test tile")
     p.add_argument("--ref", required=True, help="ONNX Runtime fp32 features of that tile (.npy)")
+    p.add_argument("--mean", default="0.485,0.456,0.406", help="the model's mean per channel, 0..1 (ImageNet's)")
+    p.add_argument("--std", default="0.229,0.224,0.225", help="the model's std per channel, 0..1")
     p.add_argument("--pixels", help="normalised tiles [N,3,T,T] (.npy) to run through the board backend class")
     p.add_argument("--features-out", help="where to save those tiles' features (.npy)")
     args = p.parse_args()
     pixels = np.load(args.pixels) if args.pixels else None
-    result, features = build_and_check(args.onnx, args.out, args.target, np.load(args.tile), np.load(args.ref), pixels)
+    norm = ([float(v) for v in args.mean.split(",")], [float(v) for v in args.std.split(",")])
+    result, features = build_and_check(args.onnx, args.out, args.target, np.load(args.tile), np.load(args.ref), norm,
+                                       pixels)  # fmt: skip
     if features is not None:
         np.save(args.features_out, features)
     print(json.dumps(result))
