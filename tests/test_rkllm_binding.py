@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from edgevlm.rk3588 import rkllm
+from helpers import picture
 
 STUB = Path(__file__).parent / "native" / "rkllm_stub.c"
 
@@ -129,12 +130,12 @@ def test_real_runtime_on_a_board():
 class FakeRknn:
     """An RKNN runtime stand-in: features are the tile's mean pixel, repeated (shape checks only)."""
 
-    def __init__(self):
-        self.calls = []
+    def __init__(self, rows=256, width=8):
+        self.calls, self.shape = [], (rows, width)
 
     def inference(self, inputs, data_format="nhwc"):
         self.calls.append((inputs[0].shape, inputs[0].dtype, data_format))
-        return [np.full((1, 256, 8), inputs[0].mean() / 255, dtype=np.float32)]
+        return [np.full((1, *self.shape), inputs[0].mean() / 255, dtype=np.float32)]
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +160,8 @@ def board_engine(bundle, llm, runtime, **manifest_changes):
 
     m = replace(open_bundle(bundle), **manifest_changes)
     encoder = prompt_encoder(m, Tokenizer.from_file(str(bundle / "tokenizer.json")))
-    return BoardModel(m, encoder, RknnVisionEncoder(runtime, 256, 8), llm)
+    return BoardModel(m, encoder, RknnVisionEncoder(runtime, *runtime.shape, norm=(m.model.image_mean,
+                                                                                   m.model.image_std)), llm)
 
 
 def test_board_engine_drives_rkllm_per_turn(model, stub, board_bundle):
@@ -253,3 +255,17 @@ def test_server_runs_on_the_board_backend(model, stub, board_bundle):
     text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
     assert text == "Hello 你好! more more more"
     assert stub.stub_str(b"prompt") == b"\n<|im_start|>user\nMore?<|im_end|>\n<|im_start|>assistant\n"  # only new
+
+
+def test_smolvlm2_on_the_board_sends_one_tile_per_image_with_its_tags(model, stub, smol_bundle):
+    """RKLLM takes an image as one start/content/end block: SmolVLM2's split layout (row/column tags)
+    cannot be one, so each image is sent whole, as its processor does without splitting."""
+    runtime = FakeRknn(rows=9, width=64)
+    session = board_engine(smol_bundle, model, runtime).session()
+    session.chat("Describe <image> this.", [picture(300, 200)])
+    assert runtime.calls == [((1, 96, 96, 3), np.uint8, "nhwc")]
+    sent = stub.stub_str(b"prompt").decode()
+    assert sent.startswith("<|im_start|>User:<image>Describe <\u200bimage> this.<end_of_utterance>\nAssistant:")
+    assert stub.stub_str(b"image_start").decode() == "<fake_token_around_image><global-img>"
+    assert stub.stub_str(b"image_end").decode() == "<fake_token_around_image>"
+    assert stub.stub_str(b"image_content").decode() == "<image>" and stub.stub_num(b"n_image_tokens") == 9

@@ -88,9 +88,15 @@ def test_a_plain_question_gets_a_sensible_answer(fp32, real):
     assert "Paris" in answer
 
 
-def test_w8a8_logits_stay_close_on_real_text(fp32, real, ids, tmp_path):
-    """Measured here: cosine mean 0.998 (min 0.980), KL mean 0.006, top-1 agreement 0.986 over 71 positions."""
-    precision = "w8a8"
+# Measured over 71 positions (the benchmarks page's figures): w8a8 cosine mean 0.998 (min 0.980), KL mean
+# 0.006, top-1 agreement 0.986; w4a8 cosine mean 0.83, KL mean 0.65, top-1 0.62: 4-bit round-to-nearest
+# costs this small model a great deal (every layer kind contributes; an 8-bit head alone gives KL 0.51).
+BOUNDS = {"w8a8": {"cos_mean": 0.995, "cos_min": 0.95, "kl": 0.02, "top1": 0.95},
+          "w4a8": {"cos_mean": 0.8, "cos_min": -1.0, "kl": 0.8, "top1": 0.55}}  # fmt: skip
+
+
+@pytest.mark.parametrize("precision", list(BOUNDS))
+def test_quantised_logits_on_real_text(fp32, real, ids, tmp_path, precision):
     ref = teacher_forced(fp32, ids).astype(np.float64)
     got = teacher_forced(decoder(real, tmp_path / precision, precision), ids).astype(np.float64)
 
@@ -104,4 +110,5 @@ def test_w8a8_logits_stay_close_on_real_text(fp32, real, ids, tmp_path):
     top1 = (got.argmax(-1) == ref.argmax(-1)).mean()
     print(f"{precision} vs fp32 over {len(ref)} positions of real text: cosine min {c.min():.5f} mean {c.mean():.5f}, "
           f"KL mean {kl.mean():.5f} max {kl.max():.5f}, top-1 agreement {top1:.3f}")
-    assert c.mean() >= 0.995 and c.min() >= 0.95 and kl.mean() <= 0.02 and top1 >= 0.95
+    b = BOUNDS[precision]
+    assert c.mean() >= b["cos_mean"] and c.min() >= b["cos_min"] and kl.mean() <= b["kl"] and top1 >= b["top1"]

@@ -295,3 +295,40 @@ def test_cli_chat_and_server_answer_as_the_api(model, smol_bundle, tmp_path):
         assert reply.choices[0].message.content == expected
     finally:
         server.stop()
+
+
+def test_preprocessor_without_splitting_gives_one_tile(smol_ckpt, smol_cfg):
+    raw = json.loads((smol_ckpt / "config.json").read_text())
+    pre = json.loads((smol_ckpt / "preprocessor_config.json").read_text()) | {"do_image_splitting": False}
+    cfg = parse_config(raw, pre)
+    assert cfg.max_tiles == 1 and not cfg.splitting
+    tiles = smolvlm2.tiling(cfg, 1, cfg.max_tiles).tile_image(picture(300, 200))
+    ref = sv.image_processor(smol_cfg, splitting=False)(images=[picture(300, 200)], return_tensors="np")
+    np.testing.assert_allclose(tiles.pixels, ref["pixel_values"][0], rtol=0, atol=2e-7)
+
+
+def test_weights_are_read_strictly(smol_ckpt, tmp_path):
+    """A missing tensor is named; a tied head reads the embedding, and a stored head is then tolerated."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from edgevlm.checkpoint import CheckpointError
+
+    for case in ("missing", "tied"):
+        folder = tmp_path / case
+        shutil.copytree(smol_ckpt, folder)
+        tensors = load_file(folder / "model.safetensors")
+        raw = json.loads((folder / "config.json").read_text())
+        if case == "missing":
+            del tensors["model.connector.modality_projection.proj.weight"]
+        else:
+            raw["text_config"]["tie_word_embeddings"] = True
+        save_file(tensors, folder / "model.safetensors")
+        (folder / "config.json").write_text(json.dumps(raw))
+        if case == "missing":
+            with pytest.raises(CheckpointError, match="modality_projection"):
+                open_checkpoint(folder)
+        else:
+            ck = open_checkpoint(folder)
+            assert ck.config.text.tie_word_embeddings and "llm.lm_head.weight" not in ck.names()

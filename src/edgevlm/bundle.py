@@ -90,7 +90,7 @@ class Manifest:
             raise BundleError(f"bundle format version {version} is from an older edgevlm: convert the checkpoint "
                               "again")  # fmt: skip
         try:
-            model = models.family(d["family"]).config_from_dict(d["model"])
+            model = models.config_from_dict(d["family"], d["model"])
             manifest = cls(
                 model=model,
                 parts={k: Part(**p) for k, p in d["parts"].items()},

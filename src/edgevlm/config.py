@@ -42,6 +42,23 @@ def validate(obj: object, where: str) -> None:
             raise ConfigError(f"{where}{f.name} must be positive, got {value!r}")
 
 
+def check_image_fields(cfg: Any) -> None:
+    """What every family's config has alike: a mean and a positive std of three numbers each, and an
+    image token id that is a token id where one is given."""
+    for name in ("image_mean", "image_std"):
+        value = getattr(cfg, name)
+        if not (isinstance(value, tuple) and len(value) == 3 and all(_finite(x) for x in value)):
+            raise ConfigError(f"{name} must be three numbers, got {value!r}")
+    if min(cfg.image_std) <= 0:
+        raise ConfigError(f"image_std must be positive, got {cfg.image_std}")
+    if cfg.image_token_id is not None and not is_whole(cfg.image_token_id):
+        raise ConfigError(f"image_token_id must be a token id, got {cfg.image_token_id!r}")
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def divides(where: str, a: str, av: int, b: str, bv: int) -> None:
     if av % bv:
         raise ConfigError(f"{where}{a} {av} is not a multiple of {b} {bv}")

@@ -42,7 +42,7 @@ typedef struct { LLMResultCallback result_callback; void *result_userdata; void 
 
 /* What the last calls received, read back by the test. */
 static RKLLMParam g_param;
-static char g_model_path[256], g_prompt[4096], g_image_start[32], g_image_end[32], g_image_content[32];
+static char g_model_path[256], g_prompt[4096], g_image_start[64], g_image_end[64], g_image_content[64];
 static RKLLMCallback g_cb;
 static int g_input_type, g_keep_history, g_max_new_tokens, g_abort, g_running = 0, g_inits, g_destroys, g_clears;
 static size_t g_n_image_tokens, g_n_image, g_width, g_height;

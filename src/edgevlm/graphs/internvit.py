@@ -29,11 +29,7 @@ class _InternViT(VisionBuilder):
     def embeddings(self, pixels: str) -> str:
         """patch Conv ─ [N,D,32,32] ─ [N,1024,D] ─ concat cls ─ + pos."""
         g, v, s = self.g, self.cfg.vision, "/vision/embed"
-        w = g.weight("vision.embed.patch.weight", self.get("vision.embed.patch.weight"))
-        b = g.weight("vision.embed.patch.bias", self.get("vision.embed.patch.bias"))
-        conv = g.op("Conv", [pixels, w, b], s + "/patch", kernel_shape=[v.patch_size] * 2, strides=[v.patch_size] * 2)
-        flat = g.op("Reshape", [conv, g.const("/c/ncl", [0, v.hidden_size, -1])], s + "/patch")
-        tokens = g.op("Transpose", [flat], s + "/patch", perm=[0, 2, 1])
+        tokens = self.patches(pixels, s + "/patch")
         n = g.op("Slice", [g.op("Shape", [pixels], s), g.const("/c/0", [0]), g.const("/c/1", [1])], s)
         cls_shape = g.op("Concat", [n, g.const("/c/1_d", [1, v.hidden_size])], s + "/cls", axis=0)
         cls = g.op("Expand", [g.weight("vision.embed.cls", self.get("vision.embed.cls")), cls_shape], s + "/cls")

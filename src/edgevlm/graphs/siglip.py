@@ -42,11 +42,7 @@ class _SigLIP(VisionBuilder):
     def embeddings(self, pixels: str) -> str:
         """patch Conv ─ [N,D,S,S] ─ [N,S²,D] ─ + the position table's rows for a full tile."""
         g, v, s = self.g, self.cfg.vision, "/vision/embed"
-        w = g.weight("vision.embed.patch.weight", self.get("vision.embed.patch.weight"))
-        b = g.weight("vision.embed.patch.bias", self.get("vision.embed.patch.bias"))
-        conv = g.op("Conv", [pixels, w, b], s + "/patch", kernel_shape=[v.patch_size] * 2, strides=[v.patch_size] * 2)
-        flat = g.op("Reshape", [conv, g.const("/c/ncl", [0, v.hidden_size, -1])], s + "/patch")
-        tokens = g.op("Transpose", [flat], s + "/patch", perm=[0, 2, 1])
+        tokens = self.patches(pixels, s + "/patch")
         table = self.get("vision.embed.pos").astype(np.float32)
         positions = table[patch_positions(v.grid, v.grid)]
         return g.op("Add", [tokens, g.weight("vision.embed.pos", positions)], s + "/pos")

@@ -69,6 +69,15 @@ class VisionBuilder:
         out = g.op("MatMul", [x, wt], scope)
         return g.op("Add", [out, b_name], scope) if b_name else out
 
+    def patches(self, pixels: str, scope: str) -> str:
+        """The patch embedding `vision.embed.patch`: Conv P/P ─ [N,D,S,S] ─ [N,S²,D]."""
+        g, v = self.g, self.cfg.vision
+        w = g.weight("vision.embed.patch.weight", self.get("vision.embed.patch.weight"))
+        b = g.weight("vision.embed.patch.bias", self.get("vision.embed.patch.bias"))
+        conv = g.op("Conv", [pixels, w, b], scope, kernel_shape=[v.patch_size] * 2, strides=[v.patch_size] * 2)
+        flat = g.op("Reshape", [conv, g.const("/c/ncl", [0, v.hidden_size, -1])], scope)
+        return g.op("Transpose", [flat], scope, perm=[0, 2, 1])
+
     def layer_norm(self, x: str, name: str, scope: str, eps: float) -> str:
         w, b = (self.g.weight(f"{name}.{k}", self.get(f"{name}.{k}")) for k in ("weight", "bias"))
         return self.g.op("LayerNormalization", [x, w, b], scope, axis=-1, epsilon=eps)

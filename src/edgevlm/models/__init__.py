@@ -1,9 +1,10 @@
 """Model families as plug-ins: one module per family, found by config.json's model_type or architectures.
 
 A family module (like mlx-lm's `models/<arch>.py`, no base class) provides:
-    NAME, MODEL_TYPES {model_type: architecture}, PARSERS {architecture: parser}, PRESETS
-    ModelConfig                               (frozen dataclass; `.text` is the shared TextConfig)
-    parse_config(raw, architecture, preprocessor), config_from_dict(d), tiling(cfg, min_tiles, max_tiles)
+    NAME, MODEL_TYPES {model_type: architecture}, PARSERS {architecture: parser(raw, preprocessor)}, PRESETS
+    ModelConfig, VisionConfig                 (frozen dataclasses; `.vision`, and `.text` the shared TextConfig;
+                                               tokens_per_tile, tile_size, min/max_tiles, image_mean/std, template)
+    tiling(cfg, min_tiles, max_tiles)
     expected_shapes(cfg), source_names(cfg), stored_name(name, cfg), tolerated_names(cfg), describe(cfg)
     ADDED_TOKENS (a vocab.json tokenizer's default added tokens), prompt_format(cfg), check_token_ids(cfg, ids)
     build_vision_graph(get, cfg, path, VisionGraphSpec)
@@ -18,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ..config import ConfigError, read_config_json
+from ..config import ConfigError, TextConfig, read_config_json
 
 FAMILIES = ("internvl3", "smolvlm2")
 
@@ -53,7 +54,17 @@ def detect(raw: Mapping[str, Any]) -> tuple[ModuleType, str]:
 def parse_config(raw: Mapping[str, Any], preprocessor: Mapping[str, Any] | None = None) -> Any:
     """The family's ModelConfig for the object of a config.json (and of preprocessor_config.json)."""
     module, arch = detect(raw)
-    return module.parse_config(raw, arch, preprocessor or {})
+    return module.PARSERS[arch](raw, preprocessor or {})
+
+
+def config_from_dict(name: str, d: Mapping[str, Any]) -> Any:
+    """The ModelConfig of family `name` that a manifest recorded (`dataclasses.asdict` of it)."""
+    module, raw = family(name), dict(d)
+    for key in ("image_mean", "image_std"):
+        if isinstance(raw.get(key), list):
+            raw[key] = tuple(raw[key])
+    return module.ModelConfig(vision=module.VisionConfig(**raw.pop("vision")), text=TextConfig(**raw.pop("text")),
+                              **raw)  # fmt: skip
 
 
 def load_config(path: str | Path) -> Any:

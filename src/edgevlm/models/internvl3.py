@@ -9,7 +9,6 @@ to one canonical naming through TABLE.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -18,7 +17,17 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from ..config import ConfigError, TextConfig, divides, get_key, is_whole, scalar, section, text_config, validate
+from ..config import (
+    ConfigError,
+    TextConfig,
+    check_image_fields,
+    divides,
+    get_key,
+    scalar,
+    section,
+    text_config,
+    validate,
+)
 from ..image import DEFAULT_MAX_PIXELS, IMAGENET, ImageSource, Norm, Tiles, load_image, normalize
 from ..prompt import ImageLayout, PromptFormat, Template
 
@@ -91,14 +100,7 @@ class ModelConfig:
         if self.min_dynamic_patch > self.max_dynamic_patch:
             raise ConfigError(f"min_dynamic_patch {self.min_dynamic_patch} > max_dynamic_patch "
                               f"{self.max_dynamic_patch}")  # fmt: skip
-        for name in ("image_mean", "image_std"):
-            value = getattr(self, name)
-            if not (isinstance(value, tuple) and len(value) == 3 and all(_finite(x) for x in value)):
-                raise ConfigError(f"{name} must be three numbers, got {value!r}")
-        if min(self.image_std) <= 0:
-            raise ConfigError(f"image_std must be positive, got {self.image_std}")
-        if self.image_token_id is not None and not is_whole(self.image_token_id):
-            raise ConfigError(f"image_token_id must be a token id, got {self.image_token_id!r}")
+        check_image_fields(self)
 
     @property
     def shuffle(self) -> int:
@@ -158,9 +160,6 @@ def _vision_config(v: Mapping[str, Any], where: str, select_layer: int, *, bias_
         select_layer=select_layer,
     )
 
-
-def _finite(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _processing(pre: Mapping[str, Any], image_size: int) -> dict[str, Any]:
@@ -230,18 +229,6 @@ PARSERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], ModelConfig]
 MODEL_TYPES = {"internvl_chat": "InternVLChatModel", "internvl": "InternVLForConditionalGeneration"}
 
 
-def parse_config(raw: Mapping[str, Any], architecture: str, preprocessor: Mapping[str, Any]) -> ModelConfig:
-    """A ModelConfig from config.json (and preprocessor_config.json), read as `architecture` says."""
-    return PARSERS[architecture](raw, preprocessor)
-
-
-def config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
-    """The ModelConfig a manifest recorded (`dataclasses.asdict` of it)."""
-    raw = dict(d)
-    for key in ("image_mean", "image_std"):
-        if isinstance(raw.get(key), list):
-            raw[key] = tuple(raw[key])
-    return ModelConfig(vision=VisionConfig(**raw.pop("vision")), text=TextConfig(**raw.pop("text")), **raw)
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from ..config import ConfigError, TextConfig, is_whole, scalar, section, text_config, validate
+from ..config import ConfigError, TextConfig, check_image_fields, scalar, section, text_config, validate
 from ..image import DEFAULT_MAX_PIXELS, ImageSource, Norm, Tiles, load_image, normalize
 from ..prompt import ImageLayout, PromptFormat, Template
 
@@ -83,14 +83,7 @@ class ModelConfig:
             raise ConfigError(f"size.longest_edge {self.longest_edge} is smaller than a tile ({self.tile_size})")
         if self.resample not in {int(r) for r in Image.Resampling}:
             raise ConfigError(f"preprocessor_config.json: resample {self.resample!r} is not a PIL filter")
-        for name in ("image_mean", "image_std"):
-            value = getattr(self, name)
-            if not (isinstance(value, tuple) and len(value) == 3 and all(_number(x) for x in value)):
-                raise ConfigError(f"{name} must be three numbers, got {value!r}")
-        if min(self.image_std) <= 0:
-            raise ConfigError(f"image_std must be positive, got {self.image_std}")
-        if self.image_token_id is not None and not is_whole(self.image_token_id):
-            raise ConfigError(f"image_token_id must be a token id, got {self.image_token_id!r}")
+        check_image_fields(self)
 
     @property
     def tokens_per_tile(self) -> int:
@@ -126,9 +119,6 @@ class ModelConfig:
     def label(self) -> str:
         return NAME
 
-
-def _number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,18 +185,6 @@ PARSERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], ModelConfig]
 MODEL_TYPES = {"smolvlm": "SmolVLMForConditionalGeneration"}
 
 
-def parse_config(raw: Mapping[str, Any], architecture: str, preprocessor: Mapping[str, Any]) -> ModelConfig:
-    """A ModelConfig from config.json (and preprocessor_config.json)."""
-    return PARSERS[architecture](raw, preprocessor)
-
-
-def config_from_dict(d: Mapping[str, Any]) -> ModelConfig:
-    """The ModelConfig a manifest recorded (`dataclasses.asdict` of it)."""
-    raw = dict(d)
-    for key in ("image_mean", "image_std"):
-        if isinstance(raw.get(key), list):
-            raw[key] = tuple(raw[key])
-    return ModelConfig(vision=VisionConfig(**raw.pop("vision")), text=TextConfig(**raw.pop("text")), **raw)
 
 
 # --------------------------------------------------------------------------------------------
