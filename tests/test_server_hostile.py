@@ -223,7 +223,9 @@ def test_a_queued_client_that_leaves_frees_its_place(server):
     deadline = time.time() + 3
     while httpx.get(server.url + "/health").json()["waiting"] and time.time() < deadline:
         time.sleep(0.05)
-    assert httpx.get(server.url + "/health").json() == {"status": "ok", "model": "tiny", "busy": True, "waiting": 0}
+    health = httpx.get(server.url + "/health").json()
+    expected = {"status": "ok", "model": "tiny", "busy": True, "waiting": 0}
+    assert health == expected, (health, kept)  # kept: how the held request ended, if it did
     small = {"messages": MSG, "max_tokens": 2}
     results = []
     extra = [threading.Thread(target=lambda: results.append(server.post(small).status_code)) for _ in range(2)]

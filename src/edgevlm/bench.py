@@ -125,7 +125,9 @@ def run_once(opts: BenchOptions) -> dict[str, float]:
     """A cold load, one answer, then a warm load: the raw figures of one run (call in a fresh process)."""
     from .engine import Conversation, TurnStats, tiling_of
     from .prompt import Turn
+    from .runtime.memory import pin_mmap_threshold
 
+    pin_mmap_threshold()  # as the edgevlm command does: the figures are that process's
     dropped = drop_page_cache(_bundle_files(opts.bundle))
     model, cold, llm_cold, vis_cold = _timed_load(opts)
     question = _question(model.prompt.encode_text, opts.prompt_tokens)

@@ -1,7 +1,8 @@
 """Model families as plug-ins: one module per family, found by config.json's model_type or architectures.
 
 A family module (like mlx-lm's `models/<arch>.py`, no base class) provides:
-    NAME, MODEL_TYPES {model_type: architecture}, PARSERS {architecture: parser(raw, preprocessor)}, PRESETS
+    NAME, MODEL_TYPES {model_type: architecture}, PARSERS {architecture: parser(raw, preprocessor)}, PRESETS,
+    CANNOT_CONVERT (None, or why `convert` cannot take the family yet)
     ModelConfig, VisionConfig                 (frozen dataclasses; `.vision`, and `.text` the shared TextConfig;
                                                tokens_per_tile, tile_size, min/max_tiles, image_mean/std, template)
     tiling(cfg, min_tiles, max_tiles)
@@ -21,7 +22,7 @@ from typing import Any
 
 from ..config import ConfigError, TextConfig, read_config_json
 
-FAMILIES = ("internvl3", "smolvlm2")
+FAMILIES = ("internvl3", "smolvlm2", "qwen2_vl")
 
 
 def family(name: str) -> ModuleType:
@@ -59,10 +60,8 @@ def parse_config(raw: Mapping[str, Any], preprocessor: Mapping[str, Any] | None 
 
 def config_from_dict(name: str, d: Mapping[str, Any]) -> Any:
     """The ModelConfig of family `name` that a manifest recorded (`dataclasses.asdict` of it)."""
-    module, raw = family(name), dict(d)
-    for key in ("image_mean", "image_std"):
-        if isinstance(raw.get(key), list):
-            raw[key] = tuple(raw[key])
+    module = family(name)
+    raw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}  # JSON has no tuples
     return module.ModelConfig(vision=module.VisionConfig(**raw.pop("vision")), text=TextConfig(**raw.pop("text")),
                               **raw)  # fmt: skip
 

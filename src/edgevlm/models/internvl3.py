@@ -226,6 +226,7 @@ PARSERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], ModelConfig]
     "InternVLChatModel": _parse_original,
     "InternVLForConditionalGeneration": _parse_hf,
 }
+CANNOT_CONVERT: str | None = None  # why `convert` cannot take this family yet, if it cannot
 MODEL_TYPES = {"internvl_chat": "InternVLChatModel", "internvl": "InternVLForConditionalGeneration"}
 
 

@@ -182,6 +182,7 @@ def _parse(raw: Mapping[str, Any], pre: Mapping[str, Any]) -> ModelConfig:
 PARSERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], ModelConfig]] = {
     "SmolVLMForConditionalGeneration": _parse,
 }
+CANNOT_CONVERT: str | None = None  # why `convert` cannot take this family yet, if it cannot
 MODEL_TYPES = {"smolvlm": "SmolVLMForConditionalGeneration"}
 
 

@@ -25,7 +25,13 @@ def _smolvlm2(name: str) -> Path:
     return cached_checkpoint(name)
 
 
-BUILDERS: dict[str, Callable[[str], Path]] = {"internvl3": _internvl3, "smolvlm2": _smolvlm2}
+def _qwen2_vl(name: str) -> Path:
+    from .qwen2vl import cached_checkpoint
+
+    return cached_checkpoint(name)
+
+
+BUILDERS: dict[str, Callable[[str], Path]] = {"internvl3": _internvl3, "smolvlm2": _smolvlm2, "qwen2_vl": _qwen2_vl}
 assert set(BUILDERS) == set(FAMILIES), "every family has a reference builder"
 
 

@@ -1,0 +1,425 @@
+"""Qwen2-VL (a ViT with 2-D rotary positions + PatchMerger + Qwen2 with 3-D rotary positions): config,
+weight table, image processing (smart_resize and patches), prompt format.
+
+Two namings of one checkpoint: the hub's original (`visual.*`, `model.*`, text keys at the top of
+config.json, `rope_scaling` of type mrope) and the one transformers 5 saves (`model.visual.*`,
+`model.language_model.*`, `text_config` with `rope_parameters`). Both read to one ModelConfig and one
+canonical naming.
+
+This is the family's first step: `edgevlm info` reads and checks a checkpoint, while its vision graph
+and the decoder's 3-D positions are still to come, so `convert` says so in one line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from ..config import ConfigError, TextConfig, check_image_fields, is_whole, scalar, section, text_config, validate
+from ..image import DEFAULT_MAX_PIXELS, ImageError, ImageSource, Norm, Tiles, load_image, normalize
+from ..prompt import ImageLayout, PromptFormat, Template
+
+NAME = "qwen2_vl"
+CLIP: Norm = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))  # OpenAI CLIP's
+MIN_PIXELS, MAX_PIXELS = 56 * 56, 28 * 28 * 1280  # the processor's defaults: 4 to 1280 merged tokens
+MAX_ASPECT = 200  # smart_resize refuses images more elongated than this
+BICUBIC = int(Image.Resampling.BICUBIC)
+MROPE = (16, 24, 24)  # rotary pairs for time, height and width (Qwen2-VL-2B's mrope_section)
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """The ViT's dimensions (transformers' Qwen2VLVisionConfig; its defaults where a key is absent)."""
+
+    hidden_size: int = 1280  # embed_dim
+    num_layers: int = 32  # depth
+    num_heads: int = 16
+    mlp_ratio: int = 4
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    merge_size: int = 2  # spatial_merge_size
+    out_hidden_size: int = 3584  # the PatchMerger's output: the language model's width
+
+    def __post_init__(self) -> None:
+        validate(self, "vision_config.")
+        for name in ("mlp_ratio", "patch_size", "temporal_patch_size", "merge_size", "out_hidden_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"vision_config.{name} must be positive, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 4:
+            raise ConfigError(f"vision_config.embed_dim {self.hidden_size} over {self.num_heads} heads must give a "
+                              "head size that is a multiple of 4 (2-D rotary)")  # fmt: skip
+
+    @property
+    def intermediate_size(self) -> int:
+        return self.hidden_size * self.mlp_ratio
+
+    @property
+    def patch_dim(self) -> int:
+        """Values in one flattened patch: channels x frames x patch x patch."""
+        return 3 * self.temporal_patch_size * self.patch_size**2
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One Qwen2-VL model, whichever naming its checkpoint uses."""
+
+    family: ClassVar[str] = NAME
+
+    vision: VisionConfig
+    text: TextConfig
+    naming: str = "hf"  # "original" or "hf"
+    mrope_section: tuple[int, int, int] = MROPE
+    image_token_id: int | None = None
+    min_pixels: int = MIN_PIXELS
+    max_pixels: int = MAX_PIXELS
+    resample: int = BICUBIC
+    image_mean: tuple[float, float, float] = CLIP[0]
+    image_std: tuple[float, float, float] = CLIP[1]
+    template: str = "qwen2_vl"
+
+    def __post_init__(self) -> None:
+        validate(self, "")
+        check_image_fields(self)
+        if self.vision.out_hidden_size != self.text.hidden_size:
+            raise ConfigError(f"vision_config.hidden_size {self.vision.out_hidden_size} is not the language model's "
+                              f"{self.text.hidden_size}")  # fmt: skip
+        section_ok = len(self.mrope_section) == 3 and all(is_whole(s, 1) for s in self.mrope_section)
+        if not section_ok or sum(self.mrope_section) != self.text.head_dim // 2:
+            raise ConfigError(f"mrope_section {list(self.mrope_section)} must be three counts adding up to half the "
+                              f"head size ({self.text.head_dim // 2})")  # fmt: skip
+        if not 1 <= self.min_pixels <= self.max_pixels:
+            raise ConfigError(f"min_pixels {self.min_pixels} and max_pixels {self.max_pixels} are not a range")
+
+    @property
+    def factor(self) -> int:
+        """Image sides are multiples of this: a patch times the merge (28 px)."""
+        return self.vision.patch_size * self.vision.merge_size
+
+    @property
+    def tile_size(self) -> int:
+        return self.factor
+
+    @property
+    def tokens_per_tile(self) -> int:
+        return 1  # one token per merged 28 px cell: an image's count follows its size
+
+    @property
+    def min_tiles(self) -> int:
+        return 1
+
+    @property
+    def max_tiles(self) -> int:
+        return 1  # one "tile" per image: the whole image, patched
+
+    @property
+    def use_thumbnail(self) -> bool:
+        return False
+
+    @property
+    def label(self) -> str:
+        return f"{NAME}, {self.naming} naming"
+
+
+# --------------------------------------------------------------------------------------------
+# Reading config.json (and preprocessor_config.json)
+
+_VISION_KEYS = (("hidden_size", "embed_dim"), ("num_layers", "depth"), ("num_heads", "num_heads"),
+                ("mlp_ratio", "mlp_ratio"), ("merge_size", "spatial_merge_size"),
+                ("out_hidden_size", "hidden_size"))  # fmt: skip
+
+
+def _vision_config(v: Mapping[str, Any]) -> VisionConfig:
+    act = v.get("hidden_act", "quick_gelu")
+    if act != "quick_gelu":
+        raise ConfigError(f"config.json: vision_config.hidden_act '{act}' is not supported (quick_gelu)")
+    known = {ours: v[key] for ours, key in _VISION_KEYS if v.get(key) is not None}
+    for key in ("patch_size", "temporal_patch_size"):
+        if v.get(key) is not None:
+            known[key] = scalar(v[key])
+    return VisionConfig(**known)
+
+
+def _rope(t: Mapping[str, Any]) -> tuple[float, tuple[int, ...]]:
+    """rope theta and mrope_section, from transformers 5's rope_parameters or the hub's rope_scaling."""
+    params = section(t, "rope_parameters", "", required=False) or section(t, "rope_scaling", "", required=False)
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind not in ("default", "mrope"):
+        raise ConfigError(f"config.json: rope type '{kind}' is not supported")
+    mrope = params.get("mrope_section")
+    if not isinstance(mrope, list):
+        raise ConfigError("config.json: the language model's rope settings name no mrope_section")
+    return params.get("rope_theta", t.get("rope_theta", 1_000_000.0)), tuple(mrope)
+
+
+def _processing(pre: Mapping[str, Any]) -> dict[str, Any]:
+    """Pixel bounds, normalisation and filter from preprocessor_config.json (either spelling)."""
+    out: dict[str, Any] = {}
+    size = pre.get("size") if isinstance(pre.get("size"), Mapping) else {}
+    for name, edge in (("min_pixels", "shortest_edge"), ("max_pixels", "longest_edge")):
+        value = next((v for v in (pre.get(name), size.get(edge)) if v is not None), None)
+        if value is not None:
+            out[name] = value
+    for key in ("image_mean", "image_std"):
+        if key in pre:
+            out[key] = tuple(pre[key]) if isinstance(pre[key], list) else pre[key]
+    if "resample" in pre:
+        out["resample"] = pre["resample"]
+    for key, want in (("patch_size", 14), ("merge_size", 2), ("temporal_patch_size", 2)):
+        if pre.get(key, want) != want:
+            raise ConfigError(f"preprocessor_config.json: {key} {pre[key]} differs from the model's {want}")
+    return out
+
+
+def _parse(raw: Mapping[str, Any], pre: Mapping[str, Any], naming: str) -> ModelConfig:
+    t = section(raw, "text_config", "") if naming == "hf" else raw
+    theta, mrope = _rope(t)
+    plain = {k: v for k, v in t.items() if k not in ("rope_parameters", "rope_scaling")} | {"rope_theta": theta}
+    text = text_config(plain, "text_config." if naming == "hf" else "", qkv_bias=True)
+    if "tie_word_embeddings" in raw and "tie_word_embeddings" not in t:
+        text = replace(text, tie_word_embeddings=raw["tie_word_embeddings"])
+    vision = _vision_config(section(raw, "vision_config", ""))
+    return ModelConfig(vision=vision, text=text, naming=naming, mrope_section=mrope,  # type: ignore[arg-type]
+                       image_token_id=raw.get("image_token_id"), **_processing(pre))  # fmt: skip
+
+
+def _parse_any(raw: Mapping[str, Any], pre: Mapping[str, Any]) -> ModelConfig:
+    """transformers 5 nests the language model under text_config; the hub's original keeps it on top."""
+    return _parse(raw, pre, "hf" if "text_config" in raw else "original")
+
+
+PARSERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], ModelConfig]] = {
+    "Qwen2VLForConditionalGeneration": _parse_any,
+}
+MODEL_TYPES = {"qwen2_vl": "Qwen2VLForConditionalGeneration"}
+CANNOT_CONVERT: str | None = (  # why `convert` cannot take this family yet
+    "Qwen2-VL checkpoints are read and checked (`edgevlm info`), but converting them comes in a later version of "
+    "edgevlm: its vision encoder and 3-D rotary positions are not built yet")
+
+
+# --------------------------------------------------------------------------------------------
+# Presets: real dims (Qwen2-VL-2B-Instruct), and a tiny one for tests.
+
+PRESETS: dict[str, ModelConfig] = {
+    "qwen2-vl-2b": ModelConfig(
+        vision=VisionConfig(out_hidden_size=1536),
+        text=TextConfig(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, intermediate_size=8960,
+                        vocab_size=151936, rope_theta=1_000_000.0, tie_word_embeddings=True),
+        image_token_id=151655,
+    ),
+    # Seconds to build and run; keeps the real vocabulary so the real special-token ids work.
+    "qwen2-vl-tiny": ModelConfig(
+        vision=VisionConfig(hidden_size=32, num_layers=2, num_heads=4, mlp_ratio=2, out_hidden_size=64),
+        text=TextConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
+                        vocab_size=151936, rope_theta=1_000_000.0, max_position_embeddings=8192),
+        mrope_section=(2, 3, 3), image_token_id=151655,
+    ),
+}  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Weights: canonical name -> stored name(s) in the hub's original naming; transformers 5's names are
+# folded onto it first (stored_name).
+
+_VL = "visual.blocks.{i}."
+_TL = "model.layers.{i}."
+TABLE: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("vision.embed.patch.weight", ("visual.patch_embed.proj.weight",)),
+    *((f"vision.layers.{{i}}.{ours}.{k}", (_VL + f"{theirs}.{k}",)) for ours, theirs in (
+        ("norm1", "norm1"), ("norm2", "norm2"), ("attn.qkv", "attn.qkv"), ("attn.proj", "attn.proj"),
+        ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")) for k in ("weight", "bias")),
+    *((f"projector.{ours}.{k}", (f"visual.merger.{theirs}.{k}",)) for ours, theirs in (
+        ("norm", "ln_q"), ("fc1", "mlp.0"), ("fc2", "mlp.2")) for k in ("weight", "bias")),
+    ("llm.embed.weight", ("model.embed_tokens.weight",)),
+    ("llm.layers.{i}.attn_norm.weight", (_TL + "input_layernorm.weight",)),
+    *((f"llm.layers.{{i}}.attn.{p}.weight", (_TL + f"self_attn.{p}_proj.weight",)) for p in "qkvo"),
+    *((f"llm.layers.{{i}}.attn.{p}.bias", (_TL + f"self_attn.{p}_proj.bias",)) for p in "qkv"),
+    ("llm.layers.{i}.mlp_norm.weight", (_TL + "post_attention_layernorm.weight",)),
+    *((f"llm.layers.{{i}}.mlp.{p}.weight", (_TL + f"mlp.{p}_proj.weight",)) for p in ("gate", "up", "down")),
+    ("llm.norm.weight", ("model.norm.weight",)),
+    ("llm.lm_head.weight", ("lm_head.weight",)),
+)  # fmt: skip
+HF_PREFIX_ALIASES = (("model.visual.", "visual."), ("model.language_model.", "model."))
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Canonical name -> shape, for every tensor the config implies."""
+    v, t = cfg.vision, cfg.text
+    d, h, kv, merged = v.hidden_size, t.hidden_size, t.num_kv_heads * t.head_dim, v.hidden_size * v.merge_size**2
+    vision_layer = {
+        "norm1.weight": (d,), "norm1.bias": (d,), "norm2.weight": (d,), "norm2.bias": (d,),
+        "attn.qkv.weight": (3 * d, d), "attn.qkv.bias": (3 * d,), "attn.proj.weight": (d, d), "attn.proj.bias": (d,),
+        "mlp.fc1.weight": (v.intermediate_size, d), "mlp.fc1.bias": (v.intermediate_size,),
+        "mlp.fc2.weight": (d, v.intermediate_size), "mlp.fc2.bias": (d,),
+    }  # fmt: skip
+    text_layer = {
+        "attn_norm.weight": (h,), "attn.q.weight": (h, h), "attn.q.bias": (h,), "attn.k.weight": (kv, h),
+        "attn.k.bias": (kv,), "attn.v.weight": (kv, h), "attn.v.bias": (kv,), "attn.o.weight": (h, h),
+        "mlp_norm.weight": (h,), "mlp.gate.weight": (t.intermediate_size, h),
+        "mlp.up.weight": (t.intermediate_size, h), "mlp.down.weight": (h, t.intermediate_size),
+    }  # fmt: skip
+    shapes = {
+        "vision.embed.patch.weight": (d, 3, v.temporal_patch_size, v.patch_size, v.patch_size),
+        "projector.norm.weight": (d,), "projector.norm.bias": (d,), "projector.fc1.weight": (merged, merged),
+        "projector.fc1.bias": (merged,), "projector.fc2.weight": (h, merged), "projector.fc2.bias": (h,),
+        "llm.embed.weight": (t.vocab_size, h), "llm.norm.weight": (h,),
+    }  # fmt: skip
+    if not t.tie_word_embeddings:
+        shapes["llm.lm_head.weight"] = (t.vocab_size, h)
+    for i in range(v.num_layers):
+        shapes.update({f"vision.layers.{i}.{k}": s for k, s in vision_layer.items()})
+    for i in range(t.num_layers):
+        shapes.update({f"llm.layers.{i}.{k}": s for k, s in text_layer.items()})
+    return shapes
+
+
+def source_names(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
+    """Canonical name -> stored name(s), for every expected tensor."""
+    layers = {"vision": cfg.vision.num_layers, "llm": cfg.text.num_layers}
+    wanted, out = expected_shapes(cfg), {}
+    for canonical, sources in TABLE:
+        for i in range(layers.get(canonical.split(".")[0], 1) if "{i}" in canonical else 1):
+            if (name := canonical.format(i=i)) in wanted:
+                out[name] = tuple(s.format(i=i) for s in sources)
+    return out
+
+
+def stored_name(name: str, cfg: ModelConfig) -> str:
+    """A tensor name as stored, folded onto the original naming (transformers 5 adds prefixes)."""
+    for old, new in HF_PREFIX_ALIASES:
+        if name.startswith(old):
+            return new + name[len(old) :]
+    return name
+
+
+def tolerated_names(cfg: ModelConfig) -> set[str]:
+    """Stored tensors that may be present without being used (a tied head some savers write anyway)."""
+    return {"lm_head.weight"} if cfg.text.tie_word_embeddings else set()
+
+
+def describe(cfg: ModelConfig) -> list[tuple[str, str]]:
+    """Lines of `edgevlm info` about what is specific to this family."""
+    v = cfg.vision
+    return [("vision", f"ViT with 2-D rotary, {v.num_layers} layers, hidden {v.hidden_size}, {v.num_heads} heads, "
+                       f"{v.patch_size}px patches merged {v.merge_size}x{v.merge_size}"),
+            ("images", f"{cfg.min_pixels:,}..{cfg.max_pixels:,} pixels, one token per {cfg.factor}x{cfg.factor} px; "
+                       f"M-RoPE sections {list(cfg.mrope_section)}")]  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Prompt format: Qwen2-VL-Instruct's chat template (ChatML, a default system message, each image as
+# <|vision_start|> + one <|image_pad|> per merged cell + <|vision_end|>).
+
+TEMPLATES: dict[str, Template] = {
+    "qwen2_vl": Template(
+        system=("<|im_start|>system\n", "<|im_end|>\n"),
+        user=("<|im_start|>user\n", "<|im_end|>\n"),
+        assistant=("<|im_start|>assistant\n", "<|im_end|>\n"),
+        default_system="You are a helpful assistant.",
+        single_image="{image}",
+        multi_image="{image}",
+        stop=("<|im_end|>",),
+    ),
+}
+IMAGE_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
+ADDED_TOKENS: tuple[tuple[str, bool], ...] = ()  # Qwen2-VL checkpoints ship tokenizer.json
+
+
+def check_token_ids(cfg: ModelConfig, ids: Mapping[str, int]) -> None:
+    """The config's image token id, where it names one, must be the tokenizer's `<|image_pad|>`."""
+    found = ids[IMAGE_TOKENS[1]]
+    if cfg.image_token_id is not None and cfg.image_token_id != found:
+        raise ConfigError(f"config.json: image_token_id {cfg.image_token_id} is not the tokenizer's "
+                          f"{IMAGE_TOKENS[1]} ({found})")  # fmt: skip
+
+
+def prompt_format(cfg: ModelConfig) -> PromptFormat:
+    if cfg.template not in TEMPLATES:
+        raise ConfigError(f"template '{cfg.template}' is not supported (known: {', '.join(TEMPLATES)})")
+    start, pad, end = IMAGE_TOKENS
+    merge = cfg.vision.merge_size
+
+    def image_text(layout: ImageLayout) -> str:  # one pad per merged cell of the patch grid
+        cols, rows = layout.grid
+        return start + pad * (cols * rows // merge**2) + end
+
+    return PromptFormat(TEMPLATES[cfg.template], start, pad, end, ("<|im_start|>", "<|im_end|>", *IMAGE_TOKENS),
+                        image_text)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Image processing, as transformers' Qwen2VLImageProcessor (PIL backend): resized (bicubic) to sides
+# that are multiples of 28 with a pixel count within [min_pixels, max_pixels], normalised, then cut
+# into 14 px patches ordered by 2 x 2 merge groups, each repeated over the 2 frames of a still image.
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """(height, width): multiples of `factor` near the image's, with the pixel count within bounds."""
+    if max(height, width) / min(height, width) > MAX_ASPECT:
+        raise ImageError(f"{width}x{height} is more elongated than {MAX_ASPECT}:1, which the model cannot take")
+    h, w = round(height / factor) * factor, round(width / factor) * factor
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def patchify(pixels: np.ndarray, patch: int, merge: int, frames: int) -> np.ndarray:
+    """[3,H,W] -> [H/patch * W/patch, 3*frames*patch*patch], patches in merge-group order."""
+    c, height, width = pixels.shape
+    gh, gw = height // patch, width // patch
+    x = pixels.reshape(c, gh // merge, merge, patch, gw // merge, merge, patch).transpose(1, 4, 2, 5, 0, 3, 6)
+    x = np.broadcast_to(x[:, :, :, :, :, None], (*x.shape[:5], frames, *x.shape[5:]))
+    return np.ascontiguousarray(x.reshape(gh * gw, c * frames * patch * patch))
+
+
+@dataclass(frozen=True)
+class Patching:
+    """How a Qwen2-VL model wants its images: pixel bounds, patch and merge sizes, normalisation."""
+
+    min_pixels: int = MIN_PIXELS
+    max_pixels: int = MAX_PIXELS
+    patch: int = 14
+    merge: int = 2
+    frames: int = 2  # temporal_patch_size: a still image is repeated over it
+    resample: int = BICUBIC
+    norm: Norm = CLIP
+
+    @property
+    def tile(self) -> int:
+        return self.patch * self.merge
+
+    def capped(self, max_tiles: int | None) -> Patching:
+        return self  # every image is one "tile": its size is bounded by max_pixels
+
+    def patch_image(self, img: Image.Image) -> Tiles:
+        """An RGB image as patches [N, 3*frames*patch*patch] and its grid (columns, rows) of patches."""
+        height, width = smart_resize(img.height, img.width, self.tile, self.min_pixels, self.max_pixels)
+        pixels = normalize(img.resize((width, height), self.resample), self.norm)
+        patches = patchify(pixels, self.patch, self.merge, self.frames)
+        return Tiles(patches, (width // self.patch, height // self.patch), img.size)
+
+    def load(self, source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tiles:
+        return self.patch_image(load_image(source, max_pixels=max_pixels))
+
+
+def tiling(cfg: ModelConfig, min_tiles: int, max_tiles: int) -> Patching:
+    v = cfg.vision
+    return Patching(cfg.min_pixels, cfg.max_pixels, v.patch_size, v.merge_size, v.temporal_patch_size, cfg.resample,
+                    (cfg.image_mean, cfg.image_std))  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Vision graph: the next step of this family.
+
+
+def build_vision_graph(get: Callable[[str], Any], cfg: ModelConfig, path: Any, spec: Any) -> Any:
+    raise ConfigError(CANNOT_CONVERT)
