@@ -18,7 +18,7 @@ class ScriptedLM:
         out[self.script[min(len(self.fed), len(self.script) - 1)]] = 10
         return out
 
-    def prefill(self, embeds, position=None):
+    def prefill(self, embeds, position=None, rope=None):
         self.position = (self.position if position is None else position) + len(embeds)
         return self._logits()
 

@@ -87,12 +87,17 @@ class TextConfig:
     max_position_embeddings: int = 32768
     tie_word_embeddings: bool = False
     qkv_bias: bool = True  # Qwen2 has q/k/v biases, Llama none
+    mrope_section: tuple[int, ...] = ()  # M-RoPE: rotary pairs turned by time, height, width positions
 
     def __post_init__(self) -> None:
         where = "text_config."
         validate(self, where)
         divides(where, "hidden_size", self.hidden_size, "num_attention_heads", self.num_heads)
         divides(where, "num_attention_heads", self.num_heads, "num_key_value_heads", self.num_kv_heads)
+        sections = self.mrope_section
+        if sections and (not all(is_whole(n, 1) for n in sections) or sum(sections) != self.head_dim // 2):
+            raise ConfigError(f"mrope_section {list(sections)} must be counts adding up to half the head size "
+                              f"({self.head_dim // 2})")  # fmt: skip
 
     @property
     def head_dim(self) -> int:

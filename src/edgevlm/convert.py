@@ -86,8 +86,8 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions = ConvertO
     if out.exists():
         log(f"replacing the bundle at {out} (kept until the new one is whole)")
     cfg = ck.config
-    if ck.family.CANNOT_CONVERT:
-        raise ConvertError(ck.family.CANNOT_CONVERT)
+    if "convert" in ck.family.NOT_YET:
+        raise ConvertError(ck.family.NOT_YET["convert"])
     if options.max_context > cfg.text.max_position_embeddings:
         raise ConvertError(f"--max-context {options.max_context} exceeds the model's "
                            f"{cfg.text.max_position_embeddings} positions")  # fmt: skip

@@ -39,6 +39,11 @@ class Tiles:
     def count(self) -> int:
         return int(self.pixels.shape[0])
 
+    def per_tile(self) -> list[dict[str, np.ndarray]]:
+        """A tile graph's inputs for these tiles: one run per tile (a tile's features then never depend on
+        the tiles beside it, which an int8 graph's per-run activation scale would make them)."""
+        return [{"pixel_values": tile[None]} for tile in self.pixels]
+
     @property
     def layout(self) -> ImageLayout:
         """What the prompt needs of these tiles."""

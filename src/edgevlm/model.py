@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from . import models
 from .bundle import Manifest, open_bundle
 from .embedding import EmbeddingTable
 from .engine import BundleEngine, Conversation, EncodedImage, TurnStats, load_part, load_prompt, without_lead
 from .runtime.decoder import OrtLanguageModel
 from .runtime.generate import StreamChunk, stream_generate
+from .runtime.rope import mrope_positions
 from .runtime.sampling import SamplingParams
 from .runtime.vision import OrtVisionEncoder
 
@@ -45,6 +47,7 @@ class VLM(BundleEngine):
         self.manifest: Manifest = open_bundle(self.folder, hashes=verify)
         m = self.manifest
         self.config = m.model
+        self._family = models.family(m.model.family)
         part = self.folder.joinpath
         self.prompt = load_prompt(self.folder, m)
         self.tokenizer = self.prompt.tokenizer
@@ -93,19 +96,32 @@ class VLM(BundleEngine):
     def _features(self, image: EncodedImage, stats: TurnStats) -> np.ndarray:
         if image.features is None:
             start = time.perf_counter()
-            image.features = self.vision.encode(image.tiles.pixels).reshape(-1, self.config.text.hidden_size)
+            runs = [self.vision.run(feeds) for feeds in self._family.vision_inputs(self.config, image.tiles)]
+            image.features = np.concatenate(runs).reshape(-1, self.config.text.hidden_size)
             stats.vision_ms += (time.perf_counter() - start) * 1000
         return image.features
 
     def _keys(self, ids: Sequence[int], images: Sequence[EncodedImage]) -> list[object]:
         slots = [i for i, t in enumerate(ids) if t == self.prompt.image_token_id]
-        rows = [(img.digest, r) for img in images for r in range(img.tiles.count * self.config.tokens_per_tile)]
+        rows = [(img.digest, r) for img in images for r in range(self._rows(img))]
         if len(slots) != len(rows):
             raise ValueError(f"the prompt has {len(slots)} image tokens but its images give {len(rows)} features")
         keys: list[object] = list(ids)
         for pos, row in zip(slots, rows, strict=True):
             keys[pos] = row
         return keys
+
+    def _rows(self, image: EncodedImage) -> int:
+        """Feature rows (image tokens) of an image, as its family writes it in the prompt."""
+        f = self.prompt.format
+        return f.image_text(image.tiles.layout).count(f.image_token)
+
+    def _rope(self, ids: Sequence[int], images: Sequence[EncodedImage], start: int) -> np.ndarray | None:
+        """M-RoPE positions of the prompt from `start` on (None: plain positions, counting on)."""
+        if not self.config.text.mrope_section:
+            return None
+        grids = [img.tiles.grid for img in images]
+        return mrope_positions(ids, self.prompt.image_token_id, grids)[start:]
 
     def _embeddings(self, ids: Sequence[int], keys: list[object], start: int, images: Sequence[EncodedImage],
                     stats: TurnStats) -> np.ndarray:  # fmt: skip
@@ -131,7 +147,8 @@ class VLM(BundleEngine):
         generated: list[int] = []
         params = params if params.stop_ids else replace(params, stop_ids=self.prompt.stop_ids)
         try:
-            for chunk in stream_generate(self.lm, self.tokenizer, embeds, params, seen=ids, position=reuse):
+            rope = self._rope(ids, images, reuse)
+            for chunk in stream_generate(self.lm, self.tokenizer, embeds, params, seen=ids, position=reuse, rope=rope):
                 if not generated:
                     stats.ttft_ms = (time.perf_counter() - begin) * 1000
                 generated.append(chunk.token)

@@ -98,20 +98,22 @@ class VisionBuilder:
         half_x = g.op("Mul", [x, g.const("/c/half", 0.5, np.float32)], scope)
         return g.op("Mul", [half_x, g.op("Add", [core, g.const("/c/one", 1.0, np.float32)], scope)], scope)
 
-    def attention(self, x: str, prefix: str, scope: str, heads: int, out_scale: str | None = None) -> str:
+    def attention(self, x: str, prefix: str, scope: str, heads: int, out_scale: str | None = None,
+                  rotate: Callable[[str, str], str] | None = None) -> str:  # fmt: skip
         """Bidirectional self-attention over a tile: `{prefix}.qkv` ─ heads ─ softmax(q k^T / sqrt(d)) v ─
-        `{prefix}.proj` (one MultiHeadAttention node where contrib ops are allowed)."""
+        `{prefix}.proj` (one MultiHeadAttention node where contrib ops are allowed). `rotate(t, scope)`, if
+        given, turns q and k [B,S,D] by their positions first (rotary embeddings)."""
         g = self.g
-        qkv = self.linear(x, prefix + ".qkv", scope + "/qkv")
+        q, k, val = g.op("Split", [self.linear(x, prefix + ".qkv", scope + "/qkv")], scope, outputs=3, axis=2)
+        if rotate is not None:
+            q, k = rotate(q, scope + "/rotary_q"), rotate(k, scope + "/rotary_k")
         if self.spec.contrib:
-            q, k, val = g.op("Split", [qkv], scope, outputs=3, axis=2)
             out = g.op("MultiHeadAttention", [q, k, val], scope, domain="com.microsoft", num_heads=heads)
         else:
             head_dim = self.cfg.vision.hidden_size // heads
-            shape = g.const("/c/qkv_heads", [0, 0, 3, heads, head_dim])
-            split = g.op("Transpose", [g.op("Reshape", [qkv, shape], scope)], scope, perm=[2, 0, 3, 1, 4])
-            q, k, val = g.op("Split", [split], scope, outputs=3, axis=0)
-            q, k, val = (g.op("Squeeze", [t, g.const("/c/axis0", [0])], scope) for t in (q, k, val))
+            shape = g.const("/c/heads", [0, 0, heads, head_dim])
+            q, k, val = (g.op("Transpose", [g.op("Reshape", [t, shape], scope)], scope, perm=[0, 2, 1, 3])
+                         for t in (q, k, val))  # fmt: skip
             q = g.op("Mul", [q, g.const("/c/attn_scale", head_dim**-0.5, np.float32)], scope)
             scores = g.op("MatMul", [q, g.op("Transpose", [k], scope, perm=[0, 1, 3, 2])], scope)
             ctx = g.op("MatMul", [g.op("Softmax", [scores], scope, axis=-1), val], scope)

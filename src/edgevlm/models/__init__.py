@@ -2,10 +2,10 @@
 
 A family module (like mlx-lm's `models/<arch>.py`, no base class) provides:
     NAME, MODEL_TYPES {model_type: architecture}, PARSERS {architecture: parser(raw, preprocessor)}, PRESETS,
-    CANNOT_CONVERT (None, or why `convert` cannot take the family yet)
+    NOT_YET {command: why it cannot take the family yet} (empty when every command can)
     ModelConfig, VisionConfig                 (frozen dataclasses; `.vision`, and `.text` the shared TextConfig;
                                                tokens_per_tile, tile_size, min/max_tiles, image_mean/std, template)
-    tiling(cfg, min_tiles, max_tiles)
+    tiling(cfg, min_tiles, max_tiles), vision_inputs(cfg, tiles) (the vision graph's feeds for one image)
     expected_shapes(cfg), source_names(cfg), stored_name(name, cfg), tolerated_names(cfg), describe(cfg)
     ADDED_TOKENS (a vocab.json tokenizer's default added tokens), prompt_format(cfg), check_token_ids(cfg, ids)
     build_vision_graph(get, cfg, path, VisionGraphSpec)
@@ -60,10 +60,12 @@ def parse_config(raw: Mapping[str, Any], preprocessor: Mapping[str, Any] | None 
 
 def config_from_dict(name: str, d: Mapping[str, Any]) -> Any:
     """The ModelConfig of family `name` that a manifest recorded (`dataclasses.asdict` of it)."""
-    module = family(name)
-    raw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}  # JSON has no tuples
-    return module.ModelConfig(vision=module.VisionConfig(**raw.pop("vision")), text=TextConfig(**raw.pop("text")),
-                              **raw)  # fmt: skip
+    def tuples(obj: Mapping[str, Any]) -> dict[str, Any]:  # JSON has no tuples
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in obj.items()}
+
+    module, raw = family(name), tuples(d)
+    return module.ModelConfig(vision=module.VisionConfig(**tuples(raw.pop("vision"))),
+                              text=TextConfig(**tuples(raw.pop("text"))), **raw)  # fmt: skip
 
 
 def load_config(path: str | Path) -> Any:

@@ -226,7 +226,7 @@ PARSERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], ModelConfig]
     "InternVLChatModel": _parse_original,
     "InternVLForConditionalGeneration": _parse_hf,
 }
-CANNOT_CONVERT: str | None = None  # why `convert` cannot take this family yet, if it cannot
+NOT_YET: dict[str, str] = {}  # command -> why it cannot take this family yet
 MODEL_TYPES = {"internvl_chat": "InternVLChatModel", "internvl": "InternVLForConditionalGeneration"}
 
 
@@ -564,6 +564,11 @@ def tiling(cfg: ModelConfig, min_tiles: int, max_tiles: int) -> Tiling:
 
 # --------------------------------------------------------------------------------------------
 # Vision graph
+
+
+def vision_inputs(cfg: ModelConfig, tiles: Tiles) -> list[dict[str, np.ndarray]]:
+    """The vision graph's inputs for one image: a run per tile."""
+    return tiles.per_tile()
 
 
 def build_vision_graph(get: Callable[[str], Any], cfg: ModelConfig, path: Any, spec: Any) -> Any:

@@ -6,8 +6,8 @@ config.json, `rope_scaling` of type mrope) and the one transformers 5 saves (`mo
 `model.language_model.*`, `text_config` with `rope_parameters`). Both read to one ModelConfig and one
 canonical naming.
 
-This is the family's first step: `edgevlm info` reads and checks a checkpoint, while its vision graph
-and the decoder's 3-D positions are still to come, so `convert` says so in one line.
+On the CPU the whole path runs (convert, chat, serve); the NPU export is still to come, and
+`export-rk3588` says so in one line.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from ..config import ConfigError, TextConfig, check_image_fields, is_whole, scalar, section, text_config, validate
+from ..config import ConfigError, TextConfig, check_image_fields, scalar, section, text_config, validate
 from ..image import DEFAULT_MAX_PIXELS, ImageError, ImageSource, Norm, Tiles, load_image, normalize
 from ..prompt import ImageLayout, PromptFormat, Template
 
@@ -73,7 +73,6 @@ class ModelConfig:
     vision: VisionConfig
     text: TextConfig
     naming: str = "hf"  # "original" or "hf"
-    mrope_section: tuple[int, int, int] = MROPE
     image_token_id: int | None = None
     min_pixels: int = MIN_PIXELS
     max_pixels: int = MAX_PIXELS
@@ -88,10 +87,9 @@ class ModelConfig:
         if self.vision.out_hidden_size != self.text.hidden_size:
             raise ConfigError(f"vision_config.hidden_size {self.vision.out_hidden_size} is not the language model's "
                               f"{self.text.hidden_size}")  # fmt: skip
-        section_ok = len(self.mrope_section) == 3 and all(is_whole(s, 1) for s in self.mrope_section)
-        if not section_ok or sum(self.mrope_section) != self.text.head_dim // 2:
-            raise ConfigError(f"mrope_section {list(self.mrope_section)} must be three counts adding up to half the "
-                              f"head size ({self.text.head_dim // 2})")  # fmt: skip
+        if len(self.text.mrope_section) != 3:
+            raise ConfigError(f"mrope_section {list(self.text.mrope_section)} must be three counts (time, height, "
+                              "width)")  # fmt: skip
         if not 1 <= self.min_pixels <= self.max_pixels:
             raise ConfigError(f"min_pixels {self.min_pixels} and max_pixels {self.max_pixels} are not a range")
 
@@ -179,12 +177,13 @@ def _parse(raw: Mapping[str, Any], pre: Mapping[str, Any], naming: str) -> Model
     t = section(raw, "text_config", "") if naming == "hf" else raw
     theta, mrope = _rope(t)
     plain = {k: v for k, v in t.items() if k not in ("rope_parameters", "rope_scaling")} | {"rope_theta": theta}
-    text = text_config(plain, "text_config." if naming == "hf" else "", qkv_bias=True)
+    text = replace(text_config(plain, "text_config." if naming == "hf" else "", qkv_bias=True),
+                   mrope_section=tuple(mrope))
     if "tie_word_embeddings" in raw and "tie_word_embeddings" not in t:
         text = replace(text, tie_word_embeddings=raw["tie_word_embeddings"])
     vision = _vision_config(section(raw, "vision_config", ""))
-    return ModelConfig(vision=vision, text=text, naming=naming, mrope_section=mrope,  # type: ignore[arg-type]
-                       image_token_id=raw.get("image_token_id"), **_processing(pre))  # fmt: skip
+    return ModelConfig(vision=vision, text=text, naming=naming, image_token_id=raw.get("image_token_id"),
+                       **_processing(pre))  # fmt: skip
 
 
 def _parse_any(raw: Mapping[str, Any], pre: Mapping[str, Any]) -> ModelConfig:
@@ -196,9 +195,10 @@ PARSERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], ModelConfig]
     "Qwen2VLForConditionalGeneration": _parse_any,
 }
 MODEL_TYPES = {"qwen2_vl": "Qwen2VLForConditionalGeneration"}
-CANNOT_CONVERT: str | None = (  # why `convert` cannot take this family yet
-    "Qwen2-VL checkpoints are read and checked (`edgevlm info`), but converting them comes in a later version of "
-    "edgevlm: its vision encoder and 3-D rotary positions are not built yet")
+NOT_YET: dict[str, str] = {  # command -> why it cannot take this family yet
+    "export-rk3588": "the NPU export of Qwen2-VL (its vision encoder at a fixed 392 x 392, 196 tokens, and the "
+                     "rkllm recipe) comes in a later version of edgevlm; convert, chat and serve run it on the CPU",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,15 +208,16 @@ PRESETS: dict[str, ModelConfig] = {
     "qwen2-vl-2b": ModelConfig(
         vision=VisionConfig(out_hidden_size=1536),
         text=TextConfig(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, intermediate_size=8960,
-                        vocab_size=151936, rope_theta=1_000_000.0, tie_word_embeddings=True),
+                        vocab_size=151936, rope_theta=1_000_000.0, tie_word_embeddings=True, mrope_section=MROPE),
         image_token_id=151655,
     ),
     # Seconds to build and run; keeps the real vocabulary so the real special-token ids work.
     "qwen2-vl-tiny": ModelConfig(
         vision=VisionConfig(hidden_size=32, num_layers=2, num_heads=4, mlp_ratio=2, out_hidden_size=64),
         text=TextConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128,
-                        vocab_size=151936, rope_theta=1_000_000.0, max_position_embeddings=8192),
-        mrope_section=(2, 3, 3), image_token_id=151655,
+                        vocab_size=151936, rope_theta=1_000_000.0, max_position_embeddings=8192,
+                        mrope_section=(2, 3, 3)),
+        image_token_id=151655,
     ),
 }  # fmt: skip
 
@@ -307,7 +308,7 @@ def describe(cfg: ModelConfig) -> list[tuple[str, str]]:
     return [("vision", f"ViT with 2-D rotary, {v.num_layers} layers, hidden {v.hidden_size}, {v.num_heads} heads, "
                        f"{v.patch_size}px patches merged {v.merge_size}x{v.merge_size}"),
             ("images", f"{cfg.min_pixels:,}..{cfg.max_pixels:,} pixels, one token per {cfg.factor}x{cfg.factor} px; "
-                       f"M-RoPE sections {list(cfg.mrope_section)}")]  # fmt: skip
+                       f"M-RoPE sections {list(cfg.text.mrope_section)}")]  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,11 +342,10 @@ def prompt_format(cfg: ModelConfig) -> PromptFormat:
     if cfg.template not in TEMPLATES:
         raise ConfigError(f"template '{cfg.template}' is not supported (known: {', '.join(TEMPLATES)})")
     start, pad, end = IMAGE_TOKENS
-    merge = cfg.vision.merge_size
 
-    def image_text(layout: ImageLayout) -> str:  # one pad per merged cell of the patch grid
+    def image_text(layout: ImageLayout) -> str:  # one pad per merged cell: the grid counts them
         cols, rows = layout.grid
-        return start + pad * (cols * rows // merge**2) + end
+        return start + pad * (cols * rows) + end
 
     return PromptFormat(TEMPLATES[cfg.template], start, pad, end, ("<|im_start|>", "<|im_end|>", *IMAGE_TOKENS),
                         image_text)  # fmt: skip
@@ -401,11 +401,12 @@ class Patching:
         return self  # every image is one "tile": its size is bounded by max_pixels
 
     def patch_image(self, img: Image.Image) -> Tiles:
-        """An RGB image as patches [N, 3*frames*patch*patch] and its grid (columns, rows) of patches."""
+        """An RGB image as patches [N, 3*frames*patch*patch] and its grid (columns, rows) of merged cells:
+        one image token each."""
         height, width = smart_resize(img.height, img.width, self.tile, self.min_pixels, self.max_pixels)
         pixels = normalize(img.resize((width, height), self.resample), self.norm)
         patches = patchify(pixels, self.patch, self.merge, self.frames)
-        return Tiles(patches, (width // self.patch, height // self.patch), img.size)
+        return Tiles(patches, (width // self.tile, height // self.tile), img.size)
 
     def load(self, source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tiles:
         return self.patch_image(load_image(source, max_pixels=max_pixels))
@@ -418,8 +419,38 @@ def tiling(cfg: ModelConfig, min_tiles: int, max_tiles: int) -> Patching:
 
 
 # --------------------------------------------------------------------------------------------
-# Vision graph: the next step of this family.
+# Vision graph (graphs/qwen2vit.py) and its rotary tables
+
+VISION_THETA = 10_000.0  # the vision rotary's base
+
+
+def vision_rope(cols: int, rows: int, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin [cols*rows, head_dim] of a grid of patches (not merged cells), patches in merge-group
+    order: each head's first
+    quarter of angles follows the row, the second the column, and both repeat for the second half
+    (transformers' axial rotary, in its float32 arithmetic)."""
+    v = cfg.vision
+    m, half = v.merge_size, v.hidden_size // v.num_heads // 2
+    def grouped(a: np.ndarray) -> np.ndarray:
+        return a.reshape(rows // m, m, cols // m, m).transpose(0, 2, 1, 3).reshape(-1)
+
+    rows_at, cols_at = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    inv = np.float32(1.0) / np.float32(VISION_THETA) ** (np.arange(0, half, 2, dtype=np.float32) / np.float32(half))
+    freqs = np.concatenate([grouped(rows_at).astype(np.float32)[:, None] * inv,
+                            grouped(cols_at).astype(np.float32)[:, None] * inv], axis=1)  # fmt: skip
+    angles = np.concatenate([freqs, freqs], axis=1)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def vision_inputs(cfg: ModelConfig, tiles: Tiles) -> list[dict[str, np.ndarray]]:
+    """The vision graph's inputs for one image: all its patches in one run, with their rotary tables."""
+    cols, rows = (n * cfg.vision.merge_size for n in tiles.grid)
+    cos, sin = vision_rope(cols, rows, cfg)
+    return [{"pixel_values": tiles.pixels, "rope_cos": cos, "rope_sin": sin}]
 
 
 def build_vision_graph(get: Callable[[str], Any], cfg: ModelConfig, path: Any, spec: Any) -> Any:
-    raise ConfigError(CANNOT_CONVERT)
+    """The ViT + PatchMerger as one ONNX graph, one image per run (graphs/qwen2vit.py)."""
+    from ..graphs.qwen2vit import build_vision_graph as build
+
+    return build(get, cfg, path, spec)

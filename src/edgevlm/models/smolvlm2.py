@@ -182,7 +182,7 @@ def _parse(raw: Mapping[str, Any], pre: Mapping[str, Any]) -> ModelConfig:
 PARSERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], ModelConfig]] = {
     "SmolVLMForConditionalGeneration": _parse,
 }
-CANNOT_CONVERT: str | None = None  # why `convert` cannot take this family yet, if it cannot
+NOT_YET: dict[str, str] = {}  # command -> why it cannot take this family yet
 MODEL_TYPES = {"smolvlm": "SmolVLMForConditionalGeneration"}
 
 
@@ -463,6 +463,11 @@ def tiling(cfg: ModelConfig, min_tiles: int, max_tiles: int) -> Splitting:
 
 # --------------------------------------------------------------------------------------------
 # Vision graph
+
+
+def vision_inputs(cfg: ModelConfig, tiles: Tiles) -> list[dict[str, np.ndarray]]:
+    """The vision graph's inputs for one image: a run per tile."""
+    return tiles.per_tile()
 
 
 def build_vision_graph(get: Callable[[str], Any], cfg: ModelConfig, path: Any, spec: Any) -> Any:

@@ -154,6 +154,9 @@ def export_rk3588(src: str | Path, out: str | Path, *, target: str = "rk3588",
         raise ExportError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
     out = Path(out)
     ck_dir = _source_checkpoint(src)
+    family = models.family(models.load_config(ck_dir).family)
+    if "export-rk3588" in family.NOT_YET:
+        raise ExportError(family.NOT_YET["export-rk3588"])
     if not (out / "manifest.json").exists():
         if out.exists() and any(out.iterdir()):
             raise ConvertError(f"{out} exists and is not a bundle")

@@ -21,8 +21,8 @@ class ContextOverflow(ValueError):
 class LanguageModel(Protocol):
     """A decoder with a KV cache. `position` is the number of tokens in the cache.
 
-    `rope` gives the rotary positions [S] of the tokens prefilled; by default they continue from the
-    last cached token's, one per token."""
+    `rope` gives the rotary positions [S] (or M-RoPE's [S,3]) of the tokens prefilled; by default they
+    continue from the largest cached one, one per token."""
 
     max_context: int
     position: int
@@ -66,7 +66,9 @@ class OrtLanguageModel:
         self._tables = {f: np.zeros((max_context, cfg.head_dim // 2), dtype=np.float32) for f in ("cos", "sin")}
         for f, table in self._tables.items():
             self._binding.bind_ortvalue_input(f"rope_{f}", ort.OrtValue.ortvalue_from_numpy(table))
-        self._rope = np.zeros(max_context, dtype=np.int64)  # the rotary position of each cached row
+        # The rotary position of each cached row: one number, or M-RoPE's (time, height, width).
+        axes = (len(cfg.mrope_section),) if cfg.mrope_section else ()
+        self._rope = np.zeros((max_context, *axes), dtype=np.int64)
 
     def embed(self, ids: list[int]) -> np.ndarray:
         return self.embedding(ids)
@@ -79,14 +81,14 @@ class OrtLanguageModel:
 
     def next_rope(self) -> int:
         """The rotary position that follows the last cached token."""
-        return int(self._rope[self.position - 1]) + 1 if self.position else 0
+        return int(self._rope[: self.position].max()) + 1 if self.position else 0  # M-RoPE: the largest, + 1
 
     def _step(self, embeds: np.ndarray, rope: np.ndarray) -> np.ndarray:
         self._check_room(len(embeds))
         n, total = len(embeds), self.position + len(embeds)
         angles = rope_angles(self.text, rope)
         self._tables["cos"][:n], self._tables["sin"][:n] = np.cos(angles), np.sin(angles)
-        self._rope[self.position : total] = rope
+        self._rope[self.position : total] = rope if rope.ndim == self._rope.ndim else rope[:, None]  # text: all axes
         b = self._binding
         b.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds[None], dtype=np.float32))
         b.bind_cpu_input("position_ids", np.arange(n, dtype=np.int64)[None])
@@ -106,7 +108,7 @@ class OrtLanguageModel:
             raise ValueError("prefill needs at least one embedding")
         self._check_room(len(embeds))  # before any chunk is written
         rope = self.next_rope() + np.arange(len(embeds)) if rope is None else np.asarray(rope, dtype=np.int64)
-        if rope.shape != (len(embeds),):
+        if rope.shape[:1] != (len(embeds),) or rope.shape[1:] not in ((), self._rope.shape[1:]):
             raise ValueError(f"rope positions {list(rope.shape)} do not match the {len(embeds)} embeddings")
         for start in range(0, len(embeds), self.prefill_chunk):
             end = start + self.prefill_chunk

@@ -48,13 +48,15 @@ class StreamChunk:
 
 
 def generate_step(lm: LanguageModel, embeds: np.ndarray, params: SamplingParams, *, seen: Sequence[int] = (),
-                  position: int | None = None, stats: GenerationStats | None = None) -> Iterator[int]:  # fmt: skip
-    """Prefill `embeds` at `position`, then yield sampled tokens until a stop id, max tokens or a full
-    context. The stop token is yielded but not fed back, so the cache ends just before it."""
+                  position: int | None = None, stats: GenerationStats | None = None,
+                  rope: np.ndarray | None = None) -> Iterator[int]:  # fmt: skip
+    """Prefill `embeds` at `position` (at rotary positions `rope`, default: counting on), then yield sampled
+    tokens until a stop id, max tokens or a full context. The stop token is yielded but not fed back, so
+    the cache ends just before it."""
     stats = stats if stats is not None else GenerationStats()
     sampler, history = Sampler(params), list(seen)
     t0 = time.perf_counter()
-    logits = lm.prefill(embeds, position)
+    logits = lm.prefill(embeds, position, rope)
     stats.prompt_tokens, stats.prefill_ms = len(embeds), (time.perf_counter() - t0) * 1000
     while True:
         token = sampler(logits, history)
@@ -99,11 +101,12 @@ class StreamDecoder:
 
 
 def stream_generate(lm: LanguageModel, tokenizer: Tokenizer, embeds: np.ndarray, params: SamplingParams, *,
-                    seen: Sequence[int] = (), position: int | None = None) -> Iterator[StreamChunk]:  # fmt: skip
+                    seen: Sequence[int] = (), position: int | None = None,
+                    rope: np.ndarray | None = None) -> Iterator[StreamChunk]:  # fmt: skip
     """Generate and yield text pieces; the last chunk has `finish_reason` set."""
     stats = GenerationStats()
     decoder = StreamDecoder(tokenizer, skip=params.stop_ids)
-    for token in generate_step(lm, embeds, params, seen=seen, position=position, stats=stats):
+    for token in generate_step(lm, embeds, params, seen=seen, position=position, stats=stats, rope=rope):
         text = decoder.push(token)
         if stats.finish_reason:
             text += decoder.flush()

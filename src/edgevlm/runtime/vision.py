@@ -14,6 +14,10 @@ from .ort import create_session
 class VisionEncoder(Protocol):
     """Anything that turns normalised tiles into language-model embeddings."""
 
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One run of the graph on inputs a family prepared (its `vision_inputs`); the image features."""
+        return self.session.run(["image_features"], feeds, self._run_options)[0]
+
     def encode(self, pixels: np.ndarray) -> np.ndarray: ...
 
 
@@ -37,6 +41,10 @@ class OrtVisionEncoder:
         # once per image, and keeping them would add to the language model's peak.
         self._run_options = ort.RunOptions()
         self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One run of the graph on inputs a family prepared (its `vision_inputs`); the image features."""
+        return self.session.run(["image_features"], feeds, self._run_options)[0]
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)

@@ -93,7 +93,7 @@ def hf_config(cfg: ModelConfig) -> Any:
                          vocab_size=t.vocab_size, rms_norm_eps=t.rms_norm_eps,
                          max_position_embeddings=t.max_position_embeddings, tie_word_embeddings=t.tie_word_embeddings,
                          rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta,
-                                          "mrope_section": list(cfg.mrope_section)}),
+                                          "mrope_section": list(t.mrope_section)}),
         image_token_id=151655, tie_word_embeddings=t.tie_word_embeddings,
     )  # fmt: skip
 
