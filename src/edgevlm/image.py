@@ -29,15 +29,17 @@ class ImageError(ValueError):
 
 @dataclass(frozen=True)
 class Tiles:
-    """The tiles of one image: pixels [N,3,tile,tile] float32 (thumbnail last) and the grid."""
+    """The tiles of one image: pixels [N,3,tile,tile] float32 (thumbnail last) and the grid; or, for a
+    family that takes an image whole as patches (Qwen2-VL), its patches [N, patch values] as one tile."""
 
     pixels: np.ndarray
-    grid: tuple[int, int]  # (columns, rows)
+    grid: tuple[int, int]  # (columns, rows): of tiles, or of the cells that become image tokens
     size: tuple[int, int]  # (width, height) of the image after orientation
+    whole: bool = False  # the pixels are one image's patches, not tiles
 
     @property
     def count(self) -> int:
-        return int(self.pixels.shape[0])
+        return 1 if self.whole else int(self.pixels.shape[0])
 
     def per_tile(self) -> list[dict[str, np.ndarray]]:
         """A tile graph's inputs for these tiles: one run per tile (a tile's features then never depend on

@@ -30,6 +30,7 @@ from ..config import (
 )
 from ..image import DEFAULT_MAX_PIXELS, IMAGENET, ImageSource, Norm, Tiles, load_image, normalize
 from ..prompt import ImageLayout, PromptFormat, Template
+from .weights import fold_prefixes, per_layer, text_shapes
 
 NAME = "internvl3"
 TILE, MAX_TILES = 448, 12  # InternVL3's tile size and tile limit (a checkpoint may say otherwise)
@@ -344,7 +345,6 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Canonical name -> shape, for every tensor the config implies."""
     v, t = cfg.vision, cfg.text
     d, h, c = v.hidden_size, t.hidden_size, cfg.projector_in
-    kv = t.num_kv_heads * t.head_dim
     vision_layer = {
         "norm1.weight": (d,), "norm1.bias": (d,), "attn.qkv.weight": (3 * d, d), "attn.qkv.bias": (3 * d,),
         "attn.proj.weight": (d, d), "attn.proj.bias": (d,), "ls1": (d,), "ls2": (d,),
@@ -353,15 +353,6 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     }  # fmt: skip
     if not v.qkv_bias:
         del vision_layer["attn.qkv.bias"]
-    text_layer = {
-        "attn_norm.weight": (h,), "attn.q.weight": (h, h), "attn.q.bias": (h,), "attn.k.weight": (kv, h),
-        "attn.k.bias": (kv,), "attn.v.weight": (kv, h), "attn.v.bias": (kv,), "attn.o.weight": (h, h),
-        "mlp_norm.weight": (h,), "mlp.gate.weight": (t.intermediate_size, h),
-        "mlp.up.weight": (t.intermediate_size, h), "mlp.down.weight": (h, t.intermediate_size),
-    }  # fmt: skip
-    if not t.qkv_bias:
-        for p in "qkv":
-            del text_layer[f"attn.{p}.bias"]
     shapes = {
         "vision.embed.patch.weight": (d, 3, v.patch_size, v.patch_size),
         "vision.embed.patch.bias": (d,),
@@ -370,16 +361,8 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "projector.norm.weight": (c,), "projector.norm.bias": (c,),
         "projector.fc1.weight": (h, c), "projector.fc1.bias": (h,),
         "projector.fc2.weight": (h, h), "projector.fc2.bias": (h,),
-        "llm.embed.weight": (t.vocab_size, h),
-        "llm.norm.weight": (h,),
     }  # fmt: skip
-    if not t.tie_word_embeddings:
-        shapes["llm.lm_head.weight"] = (t.vocab_size, h)
-    for i in range(v.num_layers):
-        shapes.update({f"vision.layers.{i}.{k}": s for k, s in vision_layer.items()})
-    for i in range(t.num_layers):
-        shapes.update({f"llm.layers.{i}.{k}": s for k, s in text_layer.items()})
-    return shapes
+    return shapes | per_layer("vision.layers", v.num_layers, vision_layer) | text_shapes(t)
 
 
 def source_names(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
@@ -400,11 +383,7 @@ def source_names(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
 
 def stored_name(name: str, cfg: ModelConfig) -> str:
     """A tensor name as stored, folded onto TABLE's naming (recent transformers add a `model.` prefix)."""
-    if cfg.naming == "hf":
-        for old, new in HF_PREFIX_ALIASES:
-            if name.startswith(old):
-                return new + name[len(old) :]
-    return name
+    return fold_prefixes(name, HF_PREFIX_ALIASES) if cfg.naming == "hf" else name
 
 
 def tolerated_names(cfg: ModelConfig) -> set[str]:

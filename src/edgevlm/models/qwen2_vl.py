@@ -23,6 +23,7 @@ from PIL import Image
 from ..config import ConfigError, TextConfig, check_image_fields, scalar, section, text_config, validate
 from ..image import DEFAULT_MAX_PIXELS, ImageError, ImageSource, Norm, Tiles, load_image, normalize
 from ..prompt import ImageLayout, PromptFormat, Template
+from .weights import fold_prefixes, per_layer, table_sources, text_shapes
 
 NAME = "qwen2_vl"
 CLIP: Norm = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))  # OpenAI CLIP's
@@ -249,52 +250,31 @@ HF_PREFIX_ALIASES = (("model.visual.", "visual."), ("model.language_model.", "mo
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Canonical name -> shape, for every tensor the config implies."""
-    v, t = cfg.vision, cfg.text
-    d, h, kv, merged = v.hidden_size, t.hidden_size, t.num_kv_heads * t.head_dim, v.hidden_size * v.merge_size**2
+    v, d = cfg.vision, cfg.vision.hidden_size
+    merged = d * v.merge_size**2
     vision_layer = {
         "norm1.weight": (d,), "norm1.bias": (d,), "norm2.weight": (d,), "norm2.bias": (d,),
         "attn.qkv.weight": (3 * d, d), "attn.qkv.bias": (3 * d,), "attn.proj.weight": (d, d), "attn.proj.bias": (d,),
         "mlp.fc1.weight": (v.intermediate_size, d), "mlp.fc1.bias": (v.intermediate_size,),
         "mlp.fc2.weight": (d, v.intermediate_size), "mlp.fc2.bias": (d,),
     }  # fmt: skip
-    text_layer = {
-        "attn_norm.weight": (h,), "attn.q.weight": (h, h), "attn.q.bias": (h,), "attn.k.weight": (kv, h),
-        "attn.k.bias": (kv,), "attn.v.weight": (kv, h), "attn.v.bias": (kv,), "attn.o.weight": (h, h),
-        "mlp_norm.weight": (h,), "mlp.gate.weight": (t.intermediate_size, h),
-        "mlp.up.weight": (t.intermediate_size, h), "mlp.down.weight": (h, t.intermediate_size),
-    }  # fmt: skip
-    shapes = {
+    vision = {
         "vision.embed.patch.weight": (d, 3, v.temporal_patch_size, v.patch_size, v.patch_size),
         "projector.norm.weight": (d,), "projector.norm.bias": (d,), "projector.fc1.weight": (merged, merged),
-        "projector.fc1.bias": (merged,), "projector.fc2.weight": (h, merged), "projector.fc2.bias": (h,),
-        "llm.embed.weight": (t.vocab_size, h), "llm.norm.weight": (h,),
+        "projector.fc1.bias": (merged,), "projector.fc2.weight": (cfg.text.hidden_size, merged),
+        "projector.fc2.bias": (cfg.text.hidden_size,),
     }  # fmt: skip
-    if not t.tie_word_embeddings:
-        shapes["llm.lm_head.weight"] = (t.vocab_size, h)
-    for i in range(v.num_layers):
-        shapes.update({f"vision.layers.{i}.{k}": s for k, s in vision_layer.items()})
-    for i in range(t.num_layers):
-        shapes.update({f"llm.layers.{i}.{k}": s for k, s in text_layer.items()})
-    return shapes
+    return vision | per_layer("vision.layers", v.num_layers, vision_layer) | text_shapes(cfg.text)
 
 
 def source_names(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
     """Canonical name -> stored name(s), for every expected tensor."""
-    layers = {"vision": cfg.vision.num_layers, "llm": cfg.text.num_layers}
-    wanted, out = expected_shapes(cfg), {}
-    for canonical, sources in TABLE:
-        for i in range(layers.get(canonical.split(".")[0], 1) if "{i}" in canonical else 1):
-            if (name := canonical.format(i=i)) in wanted:
-                out[name] = tuple(s.format(i=i) for s in sources)
-    return out
+    return table_sources(TABLE, expected_shapes(cfg), {"vision": cfg.vision.num_layers, "llm": cfg.text.num_layers})
 
 
 def stored_name(name: str, cfg: ModelConfig) -> str:
     """A tensor name as stored, folded onto the original naming (transformers 5 adds prefixes)."""
-    for old, new in HF_PREFIX_ALIASES:
-        if name.startswith(old):
-            return new + name[len(old) :]
-    return name
+    return fold_prefixes(name, HF_PREFIX_ALIASES)
 
 
 def tolerated_names(cfg: ModelConfig) -> set[str]:
@@ -406,7 +386,7 @@ class Patching:
         height, width = smart_resize(img.height, img.width, self.tile, self.min_pixels, self.max_pixels)
         pixels = normalize(img.resize((width, height), self.resample), self.norm)
         patches = patchify(pixels, self.patch, self.merge, self.frames)
-        return Tiles(patches, (width // self.tile, height // self.tile), img.size)
+        return Tiles(patches, (width // self.tile, height // self.tile), img.size, whole=True)
 
     def load(self, source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tiles:
         return self.patch_image(load_image(source, max_pixels=max_pixels))

@@ -17,6 +17,7 @@ from PIL import Image
 from ..config import ConfigError, TextConfig, check_image_fields, scalar, section, text_config, validate
 from ..image import DEFAULT_MAX_PIXELS, ImageSource, Norm, Tiles, load_image, normalize
 from ..prompt import ImageLayout, PromptFormat, Template
+from .weights import per_layer, table_sources, text_shapes
 
 NAME = "smolvlm2"
 MAX_IMAGE_SIDE = 4096  # transformers' cap on the resized image's longest side
@@ -256,42 +257,24 @@ TABLE: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Canonical name -> shape, for every tensor the config implies."""
-    v, t = cfg.vision, cfg.text
-    d, h, kv = v.hidden_size, t.hidden_size, t.num_kv_heads * t.head_dim
+    v, d = cfg.vision, cfg.vision.hidden_size
     vision_layer = {
         "norm1.weight": (d,), "norm1.bias": (d,), "attn.qkv.weight": (3 * d, d), "attn.qkv.bias": (3 * d,),
         "attn.proj.weight": (d, d), "attn.proj.bias": (d,), "norm2.weight": (d,), "norm2.bias": (d,),
         "mlp.fc1.weight": (v.intermediate_size, d), "mlp.fc1.bias": (v.intermediate_size,),
         "mlp.fc2.weight": (d, v.intermediate_size), "mlp.fc2.bias": (d,),
     }  # fmt: skip
-    text_layer = {
-        "attn_norm.weight": (h,), "attn.q.weight": (h, h), "attn.k.weight": (kv, h), "attn.v.weight": (kv, h),
-        "attn.o.weight": (h, h), "mlp_norm.weight": (h,), "mlp.gate.weight": (t.intermediate_size, h),
-        "mlp.up.weight": (t.intermediate_size, h), "mlp.down.weight": (h, t.intermediate_size),
-    }  # fmt: skip
-    shapes = {
+    vision = {
         "vision.embed.patch.weight": (d, 3, v.patch_size, v.patch_size), "vision.embed.patch.bias": (d,),
         "vision.embed.pos": (v.grid * v.grid, d), "vision.post_norm.weight": (d,), "vision.post_norm.bias": (d,),
-        "projector.weight": (h, cfg.projector_in), "llm.embed.weight": (t.vocab_size, h), "llm.norm.weight": (h,),
+        "projector.weight": (cfg.text.hidden_size, cfg.projector_in),
     }  # fmt: skip
-    if not t.tie_word_embeddings:
-        shapes["llm.lm_head.weight"] = (t.vocab_size, h)
-    for i in range(v.num_layers):
-        shapes.update({f"vision.layers.{i}.{k}": s for k, s in vision_layer.items()})
-    for i in range(t.num_layers):
-        shapes.update({f"llm.layers.{i}.{k}": s for k, s in text_layer.items()})
-    return shapes
+    return vision | per_layer("vision.layers", v.num_layers, vision_layer) | text_shapes(cfg.text)
 
 
 def source_names(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
     """Canonical name -> stored name(s), for every expected tensor."""
-    layers = {"vision": cfg.vision.num_layers, "llm": cfg.text.num_layers}
-    wanted, out = expected_shapes(cfg), {}
-    for canonical, sources in TABLE:
-        for i in range(layers[canonical.split(".")[0]] if "{i}" in canonical else 1):
-            if (name := canonical.format(i=i)) in wanted:
-                out[name] = tuple(s.format(i=i) for s in sources)
-    return out
+    return table_sources(TABLE, expected_shapes(cfg), {"vision": cfg.vision.num_layers, "llm": cfg.text.num_layers})
 
 
 def stored_name(name: str, cfg: ModelConfig) -> str:

