@@ -274,3 +274,34 @@ def test_cli_chat_answers_as_the_api_and_the_npu_export_says_not_yet(model, bund
     assert r.returncode == 0 and r.stdout == expected + "\n"
     assert_one_line_error(run_edgevlm("export-rk3588", ckpts["hf"], tmp_path / "npu"), "NPU export of Qwen2-VL")
     assert not (tmp_path / "npu").exists()
+
+
+def test_max_pixels_bounds_tokens_as_transformers_does_with_that_bound(model, ref_model, tok, bundle):
+    """`max_pixels` (API, `chat --max-pixels`, `serve --max-pixels`) resizes as the processor does with
+    that max_pixels, so the answer still equals transformers' given the same setting."""
+    import torch
+
+    from helpers import run_edgevlm
+
+    img, budget = picture(900, 700, 5), 392 * 392
+    session = model.session(max_pixels=budget)
+    got = our_tokens(session, "Describe the image.", [img])
+    cols, rows = session.images[0].tiles.grid
+    assert session.last_stats.tiles == 1 and cols * rows <= 196  # tokens, not the 800 the model's own bound gives
+    proc = q.processor(tok, max_pixels=budget)
+    inputs = proc(text=[q.chat_prompt(proc, [("Describe the image.", 1, None)])], images=[img], return_tensors="pt")
+    with torch.no_grad():
+        out = ref_model.generate(**inputs, max_new_tokens=NEW, do_sample=False, eos_token_id=IM_END, pad_token_id=0)
+    assert got == out[0, inputs["input_ids"].shape[1] :].tolist()
+    assert model.session(max_pixels=budget * 10).images == [] and model.session().max_pixels is None
+    r = run_edgevlm("chat", "-m", bundle, "-p", "Hi", "--max-pixels", "0")
+    assert r.returncode == 2 and "--max-pixels" in r.stderr
+
+
+def test_max_pixels_caps_tiles_for_tile_families():
+    from edgevlm.models import internvl3, smolvlm2
+
+    cut = internvl3.tiling(preset("tiny"), 1, 12).capped(None, 448 * 448 * 3)
+    assert cut.max_tiles == 3 and internvl3.tiling(preset("tiny"), 1, 12).capped(2, 448 * 448 * 3).max_tiles == 2
+    smol = smolvlm2.tiling(preset("smolvlm2-256m"), 1, 17).capped(None, 512 * 512)
+    assert smol.max_tiles == 1 and not smol.splitting

@@ -24,6 +24,7 @@ class ChatOptions:
     prompt: str | None = None
     system: str | None = None
     max_tiles: int | None = None
+    max_pixels: int | None = None
     stats: bool = False
     threads: int | None = None
     backend: str = "auto"  # auto, cpu or rk3588
@@ -72,7 +73,7 @@ def open_session(opts: ChatOptions) -> ChatSession:
     from . import load
 
     model = load(opts.bundle, threads=opts.threads, backend=opts.backend)
-    return model.session(opts.system, max_tiles=opts.max_tiles)
+    return model.session(opts.system, max_tiles=opts.max_tiles, max_pixels=opts.max_pixels)
 
 
 def run_chat(opts: ChatOptions) -> int:

@@ -117,6 +117,9 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tiles", type=_number(int, "--max-tiles", 1), default=None,
                    help="most tiles per image, the whole-image tile included (lowers the bundle's limit, never "
                         "raises it; for SmolVLM2, 1 turns image splitting off)")  # fmt: skip
+    p.add_argument("--max-pixels", type=_number(int, "--max-pixels", 1), default=None,
+                   help="resize each image to at most this area in pixels, which bounds its tokens (Qwen2-VL: one "
+                        "token per 28x28 px, e.g. 401408 for 512 tokens; tile models: that many tiles' area)")
     p.add_argument("--threads", type=_number(int, "--threads", 1), default=None)
     p.add_argument("--stats", action="store_true", help="print timings to stderr")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
@@ -137,8 +140,8 @@ def _chat(args: argparse.Namespace) -> int:
                               repetition_penalty=args.repetition_penalty, seed=args.seed,
                               max_tokens=args.max_tokens)  # fmt: skip
     opts = ChatOptions(bundle=args.model, images=tuple(args.image), prompt=args.prompt, system=args.system,
-                       max_tiles=args.max_tiles, stats=args.stats, threads=args.threads, backend=args.backend,
-                       sampling=sampling)  # fmt: skip
+                       max_tiles=args.max_tiles, max_pixels=args.max_pixels, stats=args.stats, threads=args.threads,
+                       backend=args.backend, sampling=sampling)  # fmt: skip
     return run_chat(opts)
 
 

@@ -92,13 +92,14 @@ class Engine(Protocol):
 
     def count_tokens(self, conversation: Conversation) -> int: ...
 
-    def encode_image(self, source: ImageSource, *, max_tiles: int | None = None,
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage: ...  # fmt: skip
+    def encode_image(self, source: ImageSource, *, max_tiles: int | None = None, max_pixels: int | None = None,
+                     decode_limit: int = DEFAULT_MAX_PIXELS) -> EncodedImage: ...  # fmt: skip
 
     def stream(self, conversation: Conversation, params: SamplingParams, stats: TurnStats, *,
                shared: bool = False) -> Iterator[StreamChunk]: ...  # fmt: skip
 
-    def session(self, system: str | None = None, *, max_tiles: int | None = None) -> ChatSession: ...
+    def session(self, system: str | None = None, *, max_tiles: int | None = None,
+                max_pixels: int | None = None) -> ChatSession: ...  # fmt: skip
 
 
 # -- what both backends take from a bundle -----------------------------------------------------
@@ -154,21 +155,25 @@ class BundleEngine:
     def context_length(self) -> int:
         return self.manifest.context_length
 
-    def encode_image(self, source: ImageSource, *, max_tiles: int | None = None,
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:  # fmt: skip
-        """Load and tile an image as the bundle's model wants it (features are computed when first needed)."""
-        tiles = tiling_of(self.manifest).capped(max_tiles).load(source, max_pixels=max_pixels)
+    def encode_image(self, source: ImageSource, *, max_tiles: int | None = None, max_pixels: int | None = None,
+                     decode_limit: int = DEFAULT_MAX_PIXELS) -> EncodedImage:  # fmt: skip
+        """Load and tile an image as the bundle's model wants it, with at most `max_tiles` tiles and resized to
+        at most `max_pixels`, which bound its tokens; images over `decode_limit` pixels are refused
+        (features are computed when first needed)."""
+        tiles = tiling_of(self.manifest).capped(max_tiles, max_pixels).load(source, max_pixels=decode_limit)
         return EncodedImage(tiles, hashlib.sha1(tiles.pixels.tobytes()).hexdigest())
 
-    def session(self, system: str | None = None, *, max_tiles: int | None = None) -> ChatSession:
+    def session(self, system: str | None = None, *, max_tiles: int | None = None,
+                max_pixels: int | None = None) -> ChatSession:  # fmt: skip
         from .session import ChatSession  # session.py builds on this module
 
-        return ChatSession(self, system=system, max_tiles=max_tiles)  # type: ignore[arg-type]
+        return ChatSession(self, system=system, max_tiles=max_tiles, max_pixels=max_pixels)  # type: ignore[arg-type]
 
     def chat(self, question: str, images: Sequence[ImageSource] = (), *, stream: bool = False,
-             system: str | None = None, max_tiles: int | None = None,
+             system: str | None = None, max_tiles: int | None = None, max_pixels: int | None = None,
              **sampling: Any) -> str | Iterator[str]:  # fmt: skip
         """One question (with images) in a fresh conversation; the answer, or its pieces with stream=True."""
-        return self.session(system, max_tiles=max_tiles).chat(question, images, stream=stream, **sampling)
+        session = self.session(system, max_tiles=max_tiles, max_pixels=max_pixels)
+        return session.chat(question, images, stream=stream, **sampling)
 
 

@@ -103,10 +103,17 @@ def normalize(img: Image.Image, norm: Norm = IMAGENET) -> np.ndarray:
     return ((arr - mean) / std).transpose(2, 0, 1)
 
 
+def tile_cap(max_tiles: int | None, max_pixels: int | None, tile: int) -> int | None:
+    """The tighter of a tile count and a resized-area bound (in whole tiles, at least one); None: neither."""
+    caps = [c for c in (max_tiles, None if max_pixels is None else max(1, max_pixels // tile**2)) if c]
+    return min(caps) if caps else None
+
+
 class ImageProcessor(Protocol):
     """A family's image processing: an image in, normalised tiles out (what its vision graph takes)."""
 
     tile: int  # pixels per side of a tile
 
-    def capped(self, max_tiles: int | None) -> ImageProcessor: ...  # at most that many tiles, never more
+    def capped(self, max_tiles: int | None, max_pixels: int | None = None) -> ImageProcessor: ...
+    # at most that many tiles, and images resized to at most that area: never more than the model's own
     def load(self, source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tiles: ...

@@ -22,10 +22,11 @@ if TYPE_CHECKING:
 
 
 class ChatSession:
-    def __init__(self, engine: Engine, *, system: str | None = None, max_tiles: int | None = None) -> None:
+    def __init__(self, engine: Engine, *, system: str | None = None, max_tiles: int | None = None,
+                 max_pixels: int | None = None) -> None:  # fmt: skip
         self.engine = engine
         self.system = system
-        self.max_tiles = max_tiles
+        self.max_tiles, self.max_pixels = max_tiles, max_pixels  # per image: tiles, and area once resized
         self.clear()
 
     def clear(self) -> None:
@@ -67,7 +68,8 @@ class ChatSession:
 
         Bad images and prompts that cannot fit raise here, before any streaming starts."""
         params = params or SamplingParams()
-        new_images = [self.engine.encode_image(src, max_tiles=self.max_tiles) for src in images]
+        new_images = [self.engine.encode_image(src, max_tiles=self.max_tiles, max_pixels=self.max_pixels)
+                      for src in images]  # fmt: skip
         turn = Turn(question, tuple(img.tiles.layout for img in new_images))
         conversation = self._fit(turn, new_images, params)
         self.last_stats = TurnStats()

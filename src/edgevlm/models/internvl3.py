@@ -28,7 +28,7 @@ from ..config import (
     text_config,
     validate,
 )
-from ..image import DEFAULT_MAX_PIXELS, IMAGENET, ImageSource, Norm, Tiles, load_image, normalize
+from ..image import DEFAULT_MAX_PIXELS, IMAGENET, ImageSource, Norm, Tiles, load_image, normalize, tile_cap
 from ..prompt import ImageLayout, PromptFormat, Template
 from .weights import fold_prefixes, per_layer, text_shapes
 
@@ -517,8 +517,10 @@ class Tiling:
     def __post_init__(self) -> None:
         _check_counts(self.min_tiles, self.max_tiles)
 
-    def capped(self, max_tiles: int | None) -> Tiling:
-        """At most `max_tiles` tiles (None: the model's own limit); it never raises the model's limit."""
+    def capped(self, max_tiles: int | None, max_pixels: int | None = None) -> Tiling:
+        """At most `max_tiles` tiles, and no more than `max_pixels` of them in area (None: the model's own
+        limit); it never raises the model's limit."""
+        max_tiles = tile_cap(max_tiles, max_pixels, self.tile)
         if not max_tiles or max_tiles >= self.max_tiles:
             return self
         return replace(self, min_tiles=min(self.min_tiles, max_tiles), max_tiles=max_tiles)

@@ -377,8 +377,13 @@ class Patching:
     def tile(self) -> int:
         return self.patch * self.merge
 
-    def capped(self, max_tiles: int | None) -> Patching:
-        return self  # every image is one "tile": its size is bounded by max_pixels
+    def capped(self, max_tiles: int | None, max_pixels: int | None = None) -> Patching:
+        """Images resized to at most `max_pixels` (one token per 28 x 28 px, at least one): the model's own
+        bound, lowered, never raised. (Every image is one tile, so `max_tiles` does not apply.)"""
+        if max_pixels is None or max_pixels >= self.max_pixels:
+            return self
+        budget = max(max_pixels, self.tile**2)
+        return replace(self, max_pixels=budget, min_pixels=min(self.min_pixels, budget))
 
     def patch_image(self, img: Image.Image) -> Tiles:
         """An RGB image as patches [N, 3*frames*patch*patch] and its grid (columns, rows) of merged cells:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..config import ConfigError, TextConfig, check_image_fields, scalar, section, text_config, validate
-from ..image import DEFAULT_MAX_PIXELS, ImageSource, Norm, Tiles, load_image, normalize
+from ..image import DEFAULT_MAX_PIXELS, ImageSource, Norm, Tiles, load_image, normalize, tile_cap
 from ..prompt import ImageLayout, PromptFormat, Template
 from .weights import per_layer, table_sources, text_shapes
 
@@ -395,9 +395,11 @@ class Splitting:
     resample: int = LANCZOS
     norm: Norm = HALF
 
-    def capped(self, max_tiles: int | None) -> Splitting:
-        """At most `max_tiles` tiles: each image is then resized to the largest edge (a multiple of the tile)
-        that keeps within it; one tile means no splitting."""
+    def capped(self, max_tiles: int | None, max_pixels: int | None = None) -> Splitting:
+        """At most `max_tiles` tiles (and no more than `max_pixels` of them in area): each image is then
+        resized to the largest edge (a multiple of the tile) that keeps within it; one tile means no
+        splitting."""
+        max_tiles = tile_cap(max_tiles, max_pixels, self.tile)
         if not max_tiles or max_tiles >= self.max_tiles:
             return self
         if max_tiles < 1:

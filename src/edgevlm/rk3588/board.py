@@ -75,14 +75,15 @@ class BoardModel(BundleEngine):
         """Unknown: the weights are RKLLM's own (0, so the bench reports no bandwidth ceiling)."""
         return 0
 
-    def encode_image(self, source: ImageSource, *, max_tiles: int | None = None,
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> EncodedImage:  # fmt: skip
+    def encode_image(self, source: ImageSource, *, max_tiles: int | None = None, max_pixels: int | None = None,
+                     decode_limit: int = DEFAULT_MAX_PIXELS) -> EncodedImage:  # fmt: skip
         """As the CPU does, except that RKLLM takes each image as one start/content/end block: a family
         whose tiles are laid out otherwise (SmolVLM2's row/column tags) gets one tile per image."""
         f = self.prompt.format
         several = f.image_text(ImageLayout(3, (2, 1)))  # two tiles and a whole-image one
         one_block = several == f.image_start + f.image_token * several.count(f.image_token) + f.image_end
-        return super().encode_image(source, max_tiles=max_tiles if one_block else 1, max_pixels=max_pixels)
+        return super().encode_image(source, max_tiles=max_tiles if one_block else 1, max_pixels=max_pixels,
+                                    decode_limit=decode_limit)  # fmt: skip
 
     def count_tokens(self, conversation: Conversation) -> int:
         """RKLLM tokenises with the same tokenizer, so the count is the bundle's."""

@@ -204,7 +204,8 @@ class Server:
             try:
                 data = fetch_image(url, self.settings)
                 images.append(self.model.encode_image(data, max_tiles=self.settings.max_tiles,
-                                                      max_pixels=self.settings.max_image_pixels))  # fmt: skip
+                                                      max_pixels=self.settings.max_pixels,
+                                                      decode_limit=self.settings.max_image_pixels))  # fmt: skip
             except (ImageError, ValueError) as e:
                 raise RequestError(f"bad image: {e}", param="messages") from None
         conversation = Conversation(req.as_turns([img.tiles.layout for img in images]), images, req.system)

@@ -23,6 +23,7 @@ class ServerSettings:
     max_images: int = 4  # per request
     max_image_pixels: int = 32_000_000
     max_tiles: int | None = None
+    max_pixels: int | None = None  # images resized to at most this area (bounds their tokens)
     allow_remote_images: bool = False
     allow_local_images: Path | None = None  # file:// URLs only from inside this folder
     allow_private_image_hosts: bool = False  # remote images from loopback, private or link-local addresses
@@ -42,7 +43,8 @@ class ServerSettings:
 
 BOUNDS = {
     "port": (1, 65535), "max_queue": (0, 10_000), "max_body_mb": (0.001, 4096), "max_images": (0, 64),
-    "max_image_pixels": (1, 2**31), "max_tiles": (1, 64), "remote_image_max_mb": (0.001, 4096),
+    "max_image_pixels": (1, 2**31), "max_tiles": (1, 64), "max_pixels": (1, 2**31),
+    "remote_image_max_mb": (0.001, 4096),
     "remote_image_timeout": (0.1, 3600), "max_message_chars": (1, 10**8), "max_request_chars": (1, 10**8),
     "threads": (1, 1024),
 }  # fmt: skip
@@ -52,7 +54,9 @@ HELP = {
     "model": "bundle folder", "host": "address to listen on (loopback by default)", "port": "TCP port",
     "api_key": "require 'Authorization: Bearer KEY'", "model_name": "model id reported to clients",
     "max_queue": "requests allowed to wait for the model", "max_body_mb": "largest request body",
-    "max_images": "images per request", "max_image_pixels": "pixels per image", "max_tiles": "tiles per image",
+    "max_images": "images per request", "max_image_pixels": "largest image accepted, in pixels",
+    "max_tiles": "tiles per image",
+    "max_pixels": "resize each image to at most this area, in pixels (bounds its tokens; Qwen2-VL's max_pixels)",
     "allow_remote_images": "fetch http(s) image URLs", "allow_local_images": "serve file:// images from this folder",
     "remote_image_max_mb": "largest remote image", "remote_image_timeout": "seconds to fetch a remote image",
     "allow_private_image_hosts": "let remote image URLs reach loopback, private and link-local addresses",
