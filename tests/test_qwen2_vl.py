@@ -305,3 +305,25 @@ def test_max_pixels_caps_tiles_for_tile_families():
     assert cut.max_tiles == 3 and internvl3.tiling(preset("tiny"), 1, 12).capped(2, 448 * 448 * 3).max_tiles == 2
     smol = smolvlm2.tiling(preset("smolvlm2-256m"), 1, 17).capped(None, 512 * 512)
     assert smol.max_tiles == 1 and not smol.splitting
+
+
+def test_server_answers_as_the_api_with_its_pixel_budget(model, bundle):
+    import base64
+    import io
+
+    from helpers import Server
+
+    img, budget = picture(700, 500, 8), 28 * 28 * 64
+    expected = model.chat("What is this?", [img], max_tokens=NEW, max_pixels=budget)
+    png = io.BytesIO()
+    img.save(png, "PNG")
+    url = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+    server = Server(bundle, "--max-pixels", str(budget))
+    try:
+        content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What is this?"}]
+        reply = server.client().chat.completions.create(
+            model="m", messages=[{"role": "user", "content": content}], max_tokens=NEW, temperature=0)
+        assert reply.choices[0].message.content == expected
+        assert reply.usage.prompt_tokens <= 64 + 30  # the budget's 64 image tokens and the template's text
+    finally:
+        server.stop()

@@ -42,7 +42,7 @@ BOARD_DEMO = {
                      "resolution": "448x448 (one padded tile)", "tokens_s": 30},
     **{name: {"ram_gb": "-", "llm_cold_s": "-", "llm_warm_s": "-", "vlm_cold_s": "-", "vlm_warm_s": "-",
               "resolution": "-", "tokens_s": tok_s}
-       for name, tok_s in (("smolvlm2-256m", 54), ("smolvlm2-500m", 31), ("smolvlm2-2.2b", 11))},
+       for name, tok_s in (("smolvlm2-256m", 54), ("smolvlm2-500m", 31), ("smolvlm2-2.2b", 11), ("qwen2-vl-2b", 12.5))},
 }  # fmt: skip
 
 

@@ -434,6 +434,22 @@ def vision_inputs(cfg: ModelConfig, tiles: Tiles) -> list[dict[str, np.ndarray]]
     return [{"pixel_values": tiles.pixels, "rope_cos": cos, "rope_sin": sin}]
 
 
+NPU_SIDE = 392  # the board demo's fixed resolution: 28 x 28 patches, 196 image tokens
+
+
+def npu_inputs(cfg: ModelConfig, image: Image.Image) -> list[dict[str, np.ndarray]]:
+    """The static NPU form's feeds for an image: resized to the fixed 392 x 392 (its patch count is the
+    graph's), with the rotary tables of that grid."""
+    side = NPU_SIDE
+    fixed = replace(tiling(cfg, 1, 1), min_pixels=side * side, max_pixels=side * side)
+    return vision_inputs(cfg, fixed.patch_image(image.resize((side, side), fixed.resample)))
+
+
+def npu_patches(cfg: ModelConfig) -> int:
+    """The static NPU form's patch count (its `VisionGraphSpec.batch`)."""
+    return (NPU_SIDE // cfg.vision.patch_size) ** 2
+
+
 def build_vision_graph(get: Callable[[str], Any], cfg: ModelConfig, path: Any, spec: Any) -> Any:
     """The ViT + PatchMerger as one ONNX graph, one image per run (graphs/qwen2vit.py)."""
     from ..graphs.qwen2vit import build_vision_graph as build

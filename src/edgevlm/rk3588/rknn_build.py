@@ -50,12 +50,38 @@ def build_and_check(onnx_path: str, out: str, target: str, tile: np.ndarray, ref
         features = _encode_with_backend(rknn, pixels, ref, norm) if pixels is not None else None
     finally:
         rknn.release()
-    got, ref = got.reshape(ref.shape), ref.astype(np.float32)
+    return _figures(got.reshape(ref.shape), ref.astype(np.float32), built - start, simulated - built), features
+
+
+def build_and_check_feeds(onnx_path: str, out: str, target: str, feeds: list[np.ndarray], ref: np.ndarray) -> dict:
+    """The same for a graph whose inputs are not an image (patches, rotary tables): float inputs as they
+    are, no mean/std folded in."""
+    from rknn.api import RKNN
+
+    rknn = RKNN(verbose=False)
+    try:
+        start = time.time()
+        rknn.config(target_platform=target)
+        for step, ret in (("load_onnx", lambda: rknn.load_onnx(model=onnx_path)),
+                          ("build", lambda: rknn.build(do_quantization=False)),
+                          ("export_rknn", lambda: rknn.export_rknn(out))):  # fmt: skip
+            if ret() != 0:
+                raise RuntimeError(f"rknn {step} failed")
+        built = time.time()
+        if rknn.init_runtime() != 0:
+            raise RuntimeError("rknn init_runtime (simulator) failed")
+        got = np.asarray(rknn.inference(inputs=feeds)[0], dtype=np.float32)
+        simulated = time.time()
+    finally:
+        rknn.release()
+    return _figures(got.reshape(ref.shape), ref.astype(np.float32), built - start, simulated - built)
+
+
+def _figures(got: np.ndarray, ref: np.ndarray, build_s: float, simulate_s: float) -> dict:
     per_token = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1) + 1e-12)
     cosine = float((got * ref).sum() / (np.linalg.norm(got) * np.linalg.norm(ref) + 1e-12))
-    return {"cosine": cosine, "token_cosine_min": float(per_token.min()), "build_s": built - start,
-            "simulate_s": simulated - built, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            }, features  # fmt: skip
+    return {"cosine": cosine, "token_cosine_min": float(per_token.min()), "build_s": build_s,
+            "simulate_s": simulate_s, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def main() -> int:
@@ -63,13 +89,20 @@ def main() -> int:
     p.add_argument("--onnx", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--target", default="rk3588")
-    p.add_argument("--tile", required=True, help="uint8 [T,T,3] .npy test tile")
+    p.add_argument("--tile", help="uint8 [T,T,3] .npy test tile (an image graph)")
+    p.add_argument("--feeds", help="the graph's inputs in order (.npz of arr_0, arr_1, ...), for a graph that "
+                                   "takes no image")  # fmt: skip
     p.add_argument("--ref", required=True, help="ONNX Runtime fp32 features of that tile (.npy)")
     p.add_argument("--mean", default="0.485,0.456,0.406", help="the model's mean per channel, 0..1 (ImageNet's)")
     p.add_argument("--std", default="0.229,0.224,0.225", help="the model's std per channel, 0..1")
     p.add_argument("--pixels", help="normalised tiles [N,3,T,T] (.npy) to run through the board backend class")
     p.add_argument("--features-out", help="where to save those tiles' features (.npy)")
     args = p.parse_args()
+    if args.feeds:
+        with np.load(args.feeds) as npz:
+            feeds = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+        print(json.dumps(build_and_check_feeds(args.onnx, args.out, args.target, feeds, np.load(args.ref))))
+        return 0
     pixels = np.load(args.pixels) if args.pixels else None
     norm = ([float(v) for v in args.mean.split(",")], [float(v) for v in args.std.split(",")])
     result, features = build_and_check(args.onnx, args.out, args.target, np.load(args.tile), np.load(args.ref), norm,
