@@ -92,7 +92,7 @@ def test_smolvlm2_export_checks_in_the_simulator(rknn_python, smol_ckpt, tmp_pat
     assert "smolvlm2 language model" in recipe and "<fake_token_around_image><global-img>" in recipe
 
 
-def test_qwen2_vl_static_392_form_checks_in_the_simulator(rknn_python, tmp_path):
+def test_qwen2_vl_export_checks_its_static_392_form_in_the_simulator(rknn_python, tmp_path):
     """Qwen2-VL's vision encoder in its NPU form: 392 x 392 (784 patches, 196 tokens), standard ops, the
     rotary tables fed in as float inputs; the simulator matches ONNX Runtime fp32."""
     from edgevlm.models import preset, qwen2_vl
@@ -102,20 +102,10 @@ def test_qwen2_vl_static_392_form_checks_in_the_simulator(rknn_python, tmp_path)
     cfg = preset("qwen2-vl-tiny")
     ckpt = tmp_path / "ckpt"
     q.save_checkpoint(q.reference_model(cfg), cfg, ckpt)
-    ck = open_checkpoint(ckpt)
-    spec = VisionGraphSpec("fp32", batch=qwen2_vl.npu_patches(cfg), contrib=False)
-    onnx_path = qwen2_vl.build_vision_graph(ck.get, ck.config, tmp_path / "npu.onnx", spec)
     (feeds,) = qwen2_vl.npu_inputs(cfg, picture(500, 300, 2))
-    assert feeds["pixel_values"].shape == (784, 1176)
-    ref = OrtVisionEncoder(onnx_path, cache=False).run(feeds)
-    assert ref.shape == (196, cfg.text.hidden_size)
-    np.savez(tmp_path / "feeds.npz", feeds["pixel_values"], feeds["rope_cos"], feeds["rope_sin"])
-    np.save(tmp_path / "ref.npy", ref)
-    script = Path(export.__file__).with_name("rknn_build.py")
-    r = subprocess.run([str(rknn_python), str(script), "--onnx", str(onnx_path), "--out", str(tmp_path / "v.rknn"),
-                        "--feeds", str(tmp_path / "feeds.npz"), "--ref", str(tmp_path / "ref.npy")],
-                       capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
-    assert r.returncode == 0, r.stderr[-2000:]
-    check = json.loads(r.stdout.strip().splitlines()[-1])
-    print(f"Qwen2-VL 392 px NPU form, simulator vs ONNX Runtime fp32: {check}")
-    assert check["cosine"] >= 0.999 and check["token_cosine_min"] >= 0.99, check
+    assert feeds["pixel_values"].shape == (784, 1176) and feeds["rope_cos"].shape == (784, 8)
+    export.export_rk3588(ckpt, tmp_path / "bundle", log=lambda m: None)
+    part = open_bundle(tmp_path / "bundle", hashes=True).parts["vision_rk3588"]
+    print(f"Qwen2-VL 392 px NPU form, simulator vs ONNX Runtime fp32: {part.extra}")
+    assert part.extra["simulator_cosine"] >= 0.999 and part.extra["simulator_token_cosine_min"] >= 0.99
+    assert "float inputs" in part.extra["input"] and "392x392 image (784 rows)" in part.extra["input"]

@@ -30,6 +30,7 @@ from ..config import (
 )
 from ..image import DEFAULT_MAX_PIXELS, IMAGENET, ImageSource, Norm, Tiles, load_image, normalize, tile_cap
 from ..prompt import ImageLayout, PromptFormat, Template
+from .npu import NpuVision
 from .weights import fold_prefixes, per_layer, text_shapes
 
 NAME = "internvl3"
@@ -545,6 +546,11 @@ def tiling(cfg: ModelConfig, min_tiles: int, max_tiles: int) -> Tiling:
 
 # --------------------------------------------------------------------------------------------
 # Vision graph
+
+
+def npu_vision(cfg: ModelConfig) -> NpuVision:
+    """On the NPU: one tile per run, fed as a uint8 image."""
+    return NpuVision(batch=1, side=cfg.tile_size)
 
 
 def vision_inputs(cfg: ModelConfig, tiles: Tiles) -> list[dict[str, np.ndarray]]:

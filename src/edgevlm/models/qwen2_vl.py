@@ -23,6 +23,7 @@ from PIL import Image
 from ..config import ConfigError, TextConfig, check_image_fields, scalar, section, text_config, validate
 from ..image import DEFAULT_MAX_PIXELS, ImageError, ImageSource, Norm, Tiles, load_image, normalize
 from ..prompt import ImageLayout, PromptFormat, Template
+from .npu import NpuVision
 from .weights import fold_prefixes, per_layer, table_sources, text_shapes
 
 NAME = "qwen2_vl"
@@ -197,8 +198,8 @@ PARSERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], ModelConfig]
 }
 MODEL_TYPES = {"qwen2_vl": "Qwen2VLForConditionalGeneration"}
 NOT_YET: dict[str, str] = {  # command -> why it cannot take this family yet
-    "export-rk3588": "the NPU export of Qwen2-VL (its vision encoder at a fixed 392 x 392, 196 tokens, and the "
-                     "rkllm recipe) comes in a later version of edgevlm; convert, chat and serve run it on the CPU",
+    "board": "the board runtime for Qwen2-VL (its vision encoder's float inputs on RKNN-Lite, M-RoPE in RKLLM) "
+             "comes in a later version of edgevlm; use --backend cpu",
 }
 
 
@@ -448,6 +449,11 @@ def npu_inputs(cfg: ModelConfig, image: Image.Image) -> list[dict[str, np.ndarra
 def npu_patches(cfg: ModelConfig) -> int:
     """The static NPU form's patch count (its `VisionGraphSpec.batch`)."""
     return (NPU_SIDE // cfg.vision.patch_size) ** 2
+
+
+def npu_vision(cfg: ModelConfig) -> NpuVision:
+    """On the NPU: one 392 x 392 image per run, as float patches and rotary tables made on the host."""
+    return NpuVision(batch=npu_patches(cfg), side=NPU_SIDE, inputs=lambda image: npu_inputs(cfg, image))
 
 
 def build_vision_graph(get: Callable[[str], Any], cfg: ModelConfig, path: Any, spec: Any) -> Any:

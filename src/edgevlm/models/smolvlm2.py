@@ -17,6 +17,7 @@ from PIL import Image
 from ..config import ConfigError, TextConfig, check_image_fields, scalar, section, text_config, validate
 from ..image import DEFAULT_MAX_PIXELS, ImageSource, Norm, Tiles, load_image, normalize, tile_cap
 from ..prompt import ImageLayout, PromptFormat, Template
+from .npu import NpuVision
 from .weights import per_layer, table_sources, text_shapes
 
 NAME = "smolvlm2"
@@ -448,6 +449,11 @@ def tiling(cfg: ModelConfig, min_tiles: int, max_tiles: int) -> Splitting:
 
 # --------------------------------------------------------------------------------------------
 # Vision graph
+
+
+def npu_vision(cfg: ModelConfig) -> NpuVision:
+    """On the NPU: one tile per run, fed as a uint8 image."""
+    return NpuVision(batch=1, side=cfg.tile_size)
 
 
 def vision_inputs(cfg: ModelConfig, tiles: Tiles) -> list[dict[str, np.ndarray]]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import models
 from ..bundle import Manifest
 from ..engine import BundleEngine, Conversation, EncodedImage, TurnStats, load_prompt, tiling_of, without_lead
 from ..image import DEFAULT_MAX_PIXELS, ImageSource
@@ -190,6 +191,8 @@ def load_board(bundle: str | Path, *, library: str = "librkllmrt.so", target: st
 
     folder = Path(bundle)
     m = open_bundle(folder)
+    if "board" in (not_yet := models.family(m.model.family).NOT_YET):
+        raise BoardError(not_yet["board"])
     for part in (f"vision_{target}", f"llm_{target}"):
         if part not in m.parts:
             raise BoardError(f"{folder} has no {part} artifact: run `edgevlm export-rk3588` (and the .rkllm recipe)")

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from ..checkpoint import open_checkpoint
 from ..convert import ConvertError, ConvertOptions, convert, resolve_source
 from ..graphs.vision import VisionGraphSpec
 from ..image import normalize
+from ..models.npu import NpuVision
 from ..runtime.vision import OrtVisionEncoder
 
 TARGETS = ("rk3588", "rk3576", "rk3562")
@@ -75,21 +77,14 @@ def export_vision(ck_dir: Path, out: Path, target: str, log: Callable[[str], Non
     ck = open_checkpoint(ck_dir)
     with tempfile.TemporaryDirectory(prefix="edgevlm-rknn-") as tmp:
         work = Path(tmp)
-        onnx_path = ck.family.build_vision_graph(ck.get, ck.config, work / "vision_npu.onnx",
-                                       VisionGraphSpec("fp32", batch=1, contrib=False))  # fmt: skip
-        cfg = ck.config
-        tile, norm = probe_tile(cfg.tile_size), (cfg.image_mean, cfg.image_std)
-        from PIL import Image
-
-        ref = OrtVisionEncoder(onnx_path, cache=False).encode(normalize(Image.fromarray(tile), norm)[None])[0]
-        np.save(work / "tile.npy", tile)
-        np.save(work / "ref.npy", ref)
+        cfg, form = ck.config, ck.family.npu_vision(ck.config)
+        onnx_path = ck.family.build_vision_graph(ck.get, cfg, work / "vision_npu.onnx",
+                                                 VisionGraphSpec("fp32", batch=form.batch, contrib=False))  # fmt: skip
         target_file = out / RKNN_FILE.format(target=target)
-        log(f"building {target_file.name} with rknn-toolkit2 and checking it in the simulator ...")
         cmd = [str(rknn_python()), str(Path(__file__).with_name("rknn_build.py")), "--onnx", str(onnx_path),
-               "--out", str(work / target_file.name), "--target", target, "--tile", str(work / "tile.npy"),
-               "--ref", str(work / "ref.npy"), "--mean", ",".join(map(str, norm[0])),
-               "--std", ",".join(map(str, norm[1]))]  # fmt: skip
+               "--out", str(work / target_file.name), "--target", target, "--ref", str(work / "ref.npy"),
+               *_probe(form, cfg, onnx_path, work)]  # fmt: skip
+        log(f"building {target_file.name} with rknn-toolkit2 and checking it in the simulator ...")
         run = subprocess.run(cmd, capture_output=True, text=True, cwd=work)  # the toolkit litters its cwd
         lines = [ln for ln in run.stdout.splitlines() if ln.startswith("{")]
         if run.returncode != 0 or not lines:
@@ -103,6 +98,25 @@ def export_vision(ck_dir: Path, out: Path, target: str, log: Callable[[str], Non
     log(f"{target_file.name}: simulator vs ONNX Runtime fp32 cosine {check['cosine']:.6f} "
         f"(worst token {check['token_cosine_min']:.6f}), build {check['build_s']:.0f} s")  # fmt: skip
     return check
+
+
+def _probe(form: NpuVision, cfg: Any, onnx_path: Path, work: Path) -> list[str]:
+    """Write a probe picture's inputs and ONNX Runtime's fp32 features of it (ref.npy) into `work`; the
+    arguments that hand them to rknn_build.py."""
+    from PIL import Image
+
+    picture = probe_tile(form.side)
+    if form.inputs is None:  # a uint8 image, the model's mean/std folded into the .rknn
+        norm = (cfg.image_mean, cfg.image_std)
+        ref = OrtVisionEncoder(onnx_path, cache=False).encode(normalize(Image.fromarray(picture), norm)[None])[0]
+        np.save(work / "tile.npy", picture)
+        np.save(work / "ref.npy", ref)
+        return ["--tile", str(work / "tile.npy"), "--mean", ",".join(map(str, norm[0])),
+                "--std", ",".join(map(str, norm[1]))]  # fmt: skip
+    (feeds,) = form.inputs(Image.fromarray(picture))
+    np.save(work / "ref.npy", OrtVisionEncoder(onnx_path, cache=False).run(feeds))
+    np.savez(work / "feeds.npz", *feeds.values())  # in the graph's input order
+    return ["--feeds", str(work / "feeds.npz")]
 
 
 RECIPE = '''"""Convert the {label} language model to .rkllm for {target} (w8a8) with Rockchip's rkllm-toolkit.
@@ -164,9 +178,9 @@ def export_rk3588(src: str | Path, out: str | Path, *, target: str = "rk3588",
     manifest = open_bundle(out)
     check = export_vision(ck_dir, out, target, log)
     rkllm_file = export_llm(ck_dir, out, target, manifest.context_length, log)
-    parts, tile = dict(manifest.parts), manifest.model.tile_size
+    parts, form = dict(manifest.parts), models.family(manifest.model.family).npu_vision(manifest.model)
     parts[f"vision_{target}"] = Part(RKNN_FILE.format(target=target), "fp16", {
-        "target": target, "input": f"uint8 NHWC [1,{tile},{tile},3], the model's mean/std inside",
+        "target": target, "input": form.description,
         "simulator_cosine": round(check["cosine"], 7),
         "simulator_token_cosine_min": round(check["token_cosine_min"], 7),
     })  # fmt: skip

@@ -1,0 +1,26 @@
+"""How a family's vision encoder runs on the NPU (shared by the families and the RK3588 export)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class NpuVision:
+    """How a family's vision encoder runs on the NPU: the static graph's batch, the side of the image one
+    run sees, and what it is fed: a uint8 image (mean/std folded into the .rknn) when `inputs` is None,
+    else the float inputs `inputs(image)` prepares on the host (patches, rotary tables)."""
+
+    batch: int
+    side: int
+    inputs: Callable[[Any], list[dict[str, np.ndarray]]] | None = None
+
+    @property
+    def description(self) -> str:
+        if self.inputs is None:
+            return f"uint8 NHWC [1,{self.side},{self.side},3], the model's mean/std inside"
+        return f"float inputs prepared on the host for a {self.side}x{self.side} image ({self.batch} rows)"
