@@ -24,3 +24,13 @@ class NpuVision:
         if self.inputs is None:
             return f"uint8 NHWC [1,{self.side},{self.side},3], the model's mean/std inside"
         return f"float inputs prepared on the host for a {self.side}x{self.side} image ({self.batch} rows)"
+
+
+def one_tile_per_run(cfg: Any) -> NpuVision:
+    """A tile family's NPU form: one tile per run, fed as a uint8 image."""
+    return NpuVision(batch=1, side=cfg.tile_size)
+
+
+def run_per_tile(cfg: Any, tiles: Any) -> list[dict[str, np.ndarray]]:
+    """A tile family's vision feeds for one image (on the CPU): a run per tile."""
+    return tiles.per_tile()

@@ -17,7 +17,7 @@ from PIL import Image
 from ..config import ConfigError, TextConfig, check_image_fields, scalar, section, text_config, validate
 from ..image import DEFAULT_MAX_PIXELS, ImageSource, Norm, Tiles, load_image, normalize, tile_cap
 from ..prompt import ImageLayout, PromptFormat, Template
-from .npu import NpuVision
+from .npu import one_tile_per_run, run_per_tile
 from .weights import per_layer, table_sources, text_shapes
 
 NAME = "smolvlm2"
@@ -451,14 +451,8 @@ def tiling(cfg: ModelConfig, min_tiles: int, max_tiles: int) -> Splitting:
 # Vision graph
 
 
-def npu_vision(cfg: ModelConfig) -> NpuVision:
-    """On the NPU: one tile per run, fed as a uint8 image."""
-    return NpuVision(batch=1, side=cfg.tile_size)
-
-
-def vision_inputs(cfg: ModelConfig, tiles: Tiles) -> list[dict[str, np.ndarray]]:
-    """The vision graph's inputs for one image: a run per tile."""
-    return tiles.per_tile()
+npu_vision = one_tile_per_run  # on the NPU: one tile per run, fed as a uint8 image
+vision_inputs = run_per_tile  # on the CPU: a run per tile
 
 
 def build_vision_graph(get: Callable[[str], Any], cfg: ModelConfig, path: Any, spec: Any) -> Any:
