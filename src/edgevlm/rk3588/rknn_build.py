@@ -14,6 +14,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,21 @@ def _encode_with_backend(rknn: object, pixels: np.ndarray, ref: np.ndarray, norm
     return RknnVisionEncoder(rknn, ref.shape[-2], ref.shape[-1], norm=norm).encode(pixels)  # type: ignore[arg-type]
 
 
+def _build(rknn: Any, onnx_path: str, out: str, **config: Any) -> float:
+    """Configure, load, build (fp16) and export the .rknn, then start the x86 simulator on it (the
+    simulator only runs a model built in the same process); the time the export ended."""
+    rknn.config(**config)
+    for step, ret in (("load_onnx", lambda: rknn.load_onnx(model=onnx_path)),
+                      ("build", lambda: rknn.build(do_quantization=False)),
+                      ("export_rknn", lambda: rknn.export_rknn(out))):  # fmt: skip
+        if ret() != 0:
+            raise RuntimeError(f"rknn {step} failed")
+    built = time.time()
+    if rknn.init_runtime() != 0:  # no target: the simulator
+        raise RuntimeError("rknn init_runtime (simulator) failed")
+    return built
+
+
 def build_and_check(onnx_path: str, out: str, target: str, tile: np.ndarray, ref: np.ndarray, norm: Norm,
                     pixels: np.ndarray | None = None) -> tuple[dict, np.ndarray | None]:  # fmt: skip
     from rknn.api import RKNN
@@ -36,15 +52,7 @@ def build_and_check(onnx_path: str, out: str, target: str, tile: np.ndarray, ref
     mean, std = ([v * 255 for v in values] for values in norm)  # the toolkit takes 0..255
     try:
         start = time.time()
-        rknn.config(mean_values=[mean], std_values=[std], target_platform=target)
-        for step, ret in (("load_onnx", lambda: rknn.load_onnx(model=onnx_path)),
-                          ("build", lambda: rknn.build(do_quantization=False)),
-                          ("export_rknn", lambda: rknn.export_rknn(out))):  # fmt: skip
-            if ret() != 0:
-                raise RuntimeError(f"rknn {step} failed")
-        built = time.time()
-        if rknn.init_runtime() != 0:  # no target: the x86 simulator
-            raise RuntimeError("rknn init_runtime (simulator) failed")
+        built = _build(rknn, onnx_path, out, mean_values=[mean], std_values=[std], target_platform=target)
         got = np.asarray(rknn.inference(inputs=[tile[None]], data_format="nhwc")[0], dtype=np.float32)
         simulated = time.time()
         features = _encode_with_backend(rknn, pixels, ref, norm) if pixels is not None else None
@@ -61,15 +69,7 @@ def build_and_check_feeds(onnx_path: str, out: str, target: str, feeds: list[np.
     rknn = RKNN(verbose=False)
     try:
         start = time.time()
-        rknn.config(target_platform=target)
-        for step, ret in (("load_onnx", lambda: rknn.load_onnx(model=onnx_path)),
-                          ("build", lambda: rknn.build(do_quantization=False)),
-                          ("export_rknn", lambda: rknn.export_rknn(out))):  # fmt: skip
-            if ret() != 0:
-                raise RuntimeError(f"rknn {step} failed")
-        built = time.time()
-        if rknn.init_runtime() != 0:
-            raise RuntimeError("rknn init_runtime (simulator) failed")
+        built = _build(rknn, onnx_path, out, target_platform=target)
         got = np.asarray(rknn.inference(inputs=feeds)[0], dtype=np.float32)
         simulated = time.time()
     finally:
