@@ -57,7 +57,7 @@ class ChatSession:
             raise ContextOverflow(
                 f"this question needs {needed} prompt tokens ({sum(i.tiles for i in turn.images)} image tiles) plus "
                 f"{self._reserve(params)} for the answer, but the context holds {self.engine.context_length}: "
-                "use fewer tiles or a bundle with a larger context"
+                "use fewer tiles or smaller images (--max-tiles, --max-pixels) or a bundle with a larger context"
             )
         self.turns, self.images = turns, images
         return conversation
