@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from .atomic import atomic_dir
 from .bundle import Manifest, Part, is_bundle, write_manifest
 from .checkpoint import Checkpoint, open_checkpoint
+from .config import ConfigError
 from .embedding import write_embedding
 from .graphs.decoder import LLM_PRECISIONS, DecoderGraphSpec, build_decoder_graph
 from .graphs.vision import PRECISIONS as VISION_PRECISIONS
@@ -97,7 +98,10 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions = ConvertO
     tokenizer = load_tokenizer(ck.path, ck.family.ADDED_TOKENS)
     fmt = ck.family.prompt_format(cfg)
     tokens = control_ids(tokenizer, fmt.controls)
-    ck.family.check_token_ids(cfg, tokens)
+    found = tokens[fmt.image_token]
+    if cfg.image_token_id is not None and cfg.image_token_id != found:  # where the config names one
+        raise ConfigError(f"config.json: image_token_id {cfg.image_token_id} is not the tokenizer's "
+                          f"{fmt.image_token} ({found})")  # fmt: skip
     try:
         manifest = _write_bundle(ck, tokenizer, tokens, src, out, options, log)
     except OSError as e:  # a full disk, a read-only folder: the partial bundle is already removed

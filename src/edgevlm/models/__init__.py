@@ -7,7 +7,7 @@ A family module (like mlx-lm's `models/<arch>.py`, no base class) provides:
                                                tokens_per_tile, tile_size, min/max_tiles, image_mean/std, template)
     tiling(cfg, min_tiles, max_tiles), vision_inputs(cfg, tiles) (the vision graph's feeds for one image)
     expected_shapes(cfg), source_names(cfg), stored_name(name, cfg), tolerated_names(cfg), describe(cfg)
-    ADDED_TOKENS (a vocab.json tokenizer's default added tokens), prompt_format(cfg), check_token_ids(cfg, ids)
+    ADDED_TOKENS (a vocab.json tokenizer's default added tokens), prompt_format(cfg)
     build_vision_graph(get, cfg, path, VisionGraphSpec)
 Adding a family is one module and one line in FAMILIES.
 """

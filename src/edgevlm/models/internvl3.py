@@ -430,14 +430,6 @@ ADDED_TOKENS: tuple[tuple[str, bool], ...] = tuple((t, t not in ("<tool_call>", 
 ))  # fmt: skip
 
 
-def check_token_ids(cfg: ModelConfig, ids: Mapping[str, int]) -> None:
-    """The config's image token id, where it names one, must be the tokenizer's."""
-    found = ids[IMAGE_TOKENS[1]]
-    if cfg.image_token_id is not None and cfg.image_token_id != found:
-        raise ConfigError(f"config.json: image_token_id {cfg.image_token_id} is not the tokenizer's "
-                          f"{IMAGE_TOKENS[1]} ({found})")  # fmt: skip
-
-
 def prompt_format(cfg: ModelConfig) -> PromptFormat:
     if cfg.template not in TEMPLATES:
         raise ConfigError(f"config.json: template '{cfg.template}' is not supported (known: {', '.join(TEMPLATES)})")

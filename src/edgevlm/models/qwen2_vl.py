@@ -311,14 +311,6 @@ IMAGE_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
 ADDED_TOKENS: tuple[tuple[str, bool], ...] = ()  # Qwen2-VL checkpoints ship tokenizer.json
 
 
-def check_token_ids(cfg: ModelConfig, ids: Mapping[str, int]) -> None:
-    """The config's image token id, where it names one, must be the tokenizer's `<|image_pad|>`."""
-    found = ids[IMAGE_TOKENS[1]]
-    if cfg.image_token_id is not None and cfg.image_token_id != found:
-        raise ConfigError(f"config.json: image_token_id {cfg.image_token_id} is not the tokenizer's "
-                          f"{IMAGE_TOKENS[1]} ({found})")  # fmt: skip
-
-
 def prompt_format(cfg: ModelConfig) -> PromptFormat:
     if cfg.template not in TEMPLATES:
         raise ConfigError(f"template '{cfg.template}' is not supported (known: {', '.join(TEMPLATES)})")

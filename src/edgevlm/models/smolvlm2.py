@@ -322,13 +322,6 @@ def _tile_tag(row: int, col: int) -> str:
     return f"<row_{row}_col_{col}>"
 
 
-def check_token_ids(cfg: ModelConfig, ids: Mapping[str, int]) -> None:
-    """The config's image token id must be the tokenizer's `<image>`."""
-    if cfg.image_token_id is not None and cfg.image_token_id != ids[IMAGE]:
-        raise ConfigError(f"config.json: image_token_id {cfg.image_token_id} is not the tokenizer's {IMAGE} "
-                          f"({ids[IMAGE]})")  # fmt: skip
-
-
 def prompt_format(cfg: ModelConfig) -> PromptFormat:
     if cfg.template not in TEMPLATES:
         raise ConfigError(f"template '{cfg.template}' is not supported (known: {', '.join(TEMPLATES)})")
