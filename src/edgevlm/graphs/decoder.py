@@ -57,13 +57,24 @@ class _Builder:
         b = g.weight(name + ".bias", bias) if bias is not None else ""
         n, k = weight.shape
         if bits:
-            block = self.spec.block_size if k % self.spec.block_size == 0 else 32
+            block = self._block(k, bits)
             q, scales = matmul_nbits(weight, bits, block)
             ins = [x, g.weight(f"{name}.q{bits}", q), g.weight(name + ".scales", scales), "", "", b]
             return g.op("MatMulNBits", ins, scope, domain=MS, K=k, N=n, bits=bits, block_size=block,
                         accuracy_level=4)  # fmt: skip
         y = g.op("MatMul", [x, g.weight(name + ".t", np.ascontiguousarray(weight.T))], scope)
         return g.op("Add", [y, b], scope) if b else y
+
+    def _block(self, k: int, bits: int) -> int:
+        """The spec's block where it divides K; else 32 at 4 bits (finer blocks measured closer on real
+        SmolLM2 weights) and the largest power of two dividing K at 8 bits (SmolLM2's 576: 64, whose
+        scales take half the memory of 32's: 19 MB less at SmolVLM2-256M's peak)."""
+        block = self.spec.block_size
+        if k % block and bits == 4:
+            return 32
+        while k % block and block > 16:
+            block //= 2
+        return block
 
     def skip_norm(self, x: str, skip: str, weight: str, scope: str) -> tuple[str, str]:
         """(RMSNorm(x + skip), x + skip) in one node."""

@@ -70,12 +70,24 @@ class VisionBuilder:
         return g.op("Add", [out, b_name], scope) if b_name else out
 
     def patches(self, pixels: str, scope: str) -> str:
-        """The patch embedding `vision.embed.patch`: Conv P/P ─ [N,D,S,S] ─ [N,S²,D]."""
+        """The patch embedding `vision.embed.patch` (a Conv whose stride is its kernel): [N,3,T,T] ─ [N,S²,D].
+
+        On the CPU as one MatMul of the flattened patches: ONNX Runtime's Conv there raised the vision
+        run's peak by ~24 MB (a 512 px tile), past the end of the Conv. The NPU form keeps the Conv,
+        which rknn-toolkit2 maps directly (it has no 6-D transposes)."""
         g, v = self.g, self.cfg.vision
-        w = g.weight("vision.embed.patch.weight", self.get("vision.embed.patch.weight"))
+        w, p, d = self.get("vision.embed.patch.weight"), v.patch_size, v.hidden_size
         b = g.weight("vision.embed.patch.bias", self.get("vision.embed.patch.bias"))
-        conv = g.op("Conv", [pixels, w, b], scope, kernel_shape=[v.patch_size] * 2, strides=[v.patch_size] * 2)
-        flat = g.op("Reshape", [conv, g.const("/c/ncl", [0, v.hidden_size, -1])], scope)
+        if self.spec.contrib:
+            side = self.cfg.tile_size // p
+            x = g.op("Reshape", [pixels, g.const("/c/patch_grid", [-1, 3, side, p, side, p])], scope)
+            x = g.op("Transpose", [x], scope, perm=[0, 2, 4, 1, 3, 5])  # [N, row, col, channel, py, px]
+            x = g.op("Reshape", [x, g.const("/c/patch_rows", [-1, side * side, 3 * p * p])], scope)
+            wt = g.weight("vision.embed.patch.weight.t", w.reshape(d, -1).T.astype(np.float32))
+            return g.op("Add", [g.op("MatMul", [x, wt], scope), b], scope)
+        conv = g.op("Conv", [pixels, g.weight("vision.embed.patch.weight", w), b], scope,
+                    kernel_shape=[p, p], strides=[p, p])  # fmt: skip
+        flat = g.op("Reshape", [conv, g.const("/c/ncl", [0, d, -1])], scope)
         return g.op("Transpose", [flat], scope, perm=[0, 2, 1])
 
     def layer_norm(self, x: str, name: str, scope: str, eps: float) -> str:
