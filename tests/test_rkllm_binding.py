@@ -14,14 +14,20 @@ from helpers import picture
 STUB = Path(__file__).parent / "native" / "rkllm_stub.c"
 
 
-@pytest.fixture(scope="module")
-def lib_path(tmp_path_factory):
+def build_stub(folder: Path, version: str = "1.3.0") -> Path:
+    """The stand-in compiled as `folder/librkllmrt.so`, calling itself runtime `version`."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler to build the RKLLM stand-in library")
-    out = tmp_path_factory.mktemp("rkllm") / "librkllmrt.so"
-    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", str(out), str(STUB)], check=True)
+    out = folder / "librkllmrt.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", f'-DSTUB_VERSION="{version}"', "-o", str(out), str(STUB)],
+                   check=True)  # fmt: skip
     return out
+
+
+@pytest.fixture(scope="module")
+def lib_path(tmp_path_factory):
+    return build_stub(tmp_path_factory.mktemp("rkllm"))
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +102,34 @@ def test_text_run_and_history_flag(model, stub):
     assert stub.stub_str(b"prompt") == b"Hi" and out[0] == 100
 
 
-def test_abort_from_the_callback_stops_the_answer(model):
-    seen = []
-    perf = model.run("Hi", lambda t, i: seen.append(t) or len(seen) < 2)  # False on the second piece
-    assert len(seen) == 2 and perf.generate_tokens == 2
+def test_abort_from_another_thread_stops_the_run(model, stub):
+    """Rockchip's pattern: the callback only hands text on; another thread calls rkllm_abort."""
+    import threading
+
+    second, aborted, seen, running = threading.Event(), threading.Event(), [], []
+
+    def on_text(text, token):
+        seen.append(text)
+        if len(seen) == 2:
+            second.set()
+            aborted.wait(5)
+
+    worker = threading.Thread(target=lambda: model.run("Hi", on_text))
+    worker.start()
+    assert second.wait(5)
+    running.append(model.is_running())  # 1.3.0: rkllm_is_running returns 1 while a task runs
+    model.abort()
+    aborted.set()
+    worker.join(5)
+    assert seen == ["Hel", "lo "] and running == [True] and not model.is_running()
+    assert stub.stub_num(b"aborts_in_callback") == 0
+
+
+def test_false_from_on_text_only_mutes_the_run(model, stub):
+    """Returning False stops the text without re-entering the runtime from its own callback."""
+    aborts, seen = stub.stub_num(b"aborts"), []
+    perf = model.run("Hi", lambda t, i: seen.append(t) or len(seen) < 2)
+    assert seen == ["Hel", "lo "] and perf.generate_tokens == 8 and stub.stub_num(b"aborts") == aborts
 
 
 def test_error_state_raises(model):
@@ -107,12 +137,40 @@ def test_error_state_raises(model):
         model.run("fail", lambda t, i: None)
 
 
-def test_version_check(lib_path, tmp_path):
+def test_version_is_read_from_the_library_as_rockchip_builds_it(lib_path):
+    """The real runtime prints "rkllm-runtime version: %s, ..." with the version a separate string."""
+    data = lib_path.read_bytes()
+    assert b"rkllm-runtime version: %s" in data and b"rkllm-runtime version: 1.3.0" not in data
     assert rkllm.library_version(lib_path) == (1, 3, 0)
-    old = tmp_path / "librkllmrt.so"
-    old.write_bytes(lib_path.read_bytes().replace(b"version: 1.3.0", b"version: 1.2.1"))
-    with pytest.raises(rkllm.RkllmError, match="1.2.1.*1.3.x"):
+
+
+def test_an_older_runtime_is_refused_before_it_is_called(tmp_path):
+    old = build_stub(tmp_path, "1.2.1")
+    with pytest.raises(rkllm.RkllmError, match=r"is RKLLM runtime 1\.2\.1; edgevlm needs 1\.3 or newer") as e:
         rkllm.RkllmModel("m.rkllm", library=old)
+    assert "\n" not in str(e.value)
+
+
+def test_the_version_check_finds_a_library_loaded_by_bare_name(tmp_path):
+    """dlopen finds a bare name on the library path: the check reads the file that was mapped."""
+    import os
+    import sys
+
+    old = build_stub(tmp_path, "1.2.1b1")
+    code = ("from edgevlm.rk3588 import rkllm\n"
+            "try:\n    rkllm.RkllmModel('m.rkllm')\nexcept rkllm.RkllmError as e:\n    print(e)")  # fmt: skip
+    env = {**os.environ, "LD_LIBRARY_PATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.startswith(f"{old} is RKLLM runtime 1.2.1; edgevlm needs 1.3")
+    assert "I rkllm:" not in out  # refused before rkllm_init ran
+
+
+def test_a_newer_runtime_is_used_with_a_warning(tmp_path):
+    newer = build_stub(tmp_path, "1.4.0")
+    with pytest.warns(UserWarning, match="1.4.0; edgevlm is tested with 1.3.x"):
+        m = rkllm.RkllmModel("m.rkllm", library=newer)
+    assert m.version == (1, 4, 0) and m.path == newer
+    m.close()
 
 
 def test_missing_library_is_a_clear_error(tmp_path):
@@ -122,9 +180,13 @@ def test_missing_library_is_a_clear_error(tmp_path):
 
 @pytest.mark.board
 def test_real_runtime_on_a_board():
-    if not Path("/usr/lib/librkllmrt.so").exists():
-        pytest.skip("needs an RK3588 board with librkllmrt.so 1.3.0 installed")
-    assert rkllm.library_version("/usr/lib/librkllmrt.so")[:2] == (1, 3)
+    try:
+        lib = ctypes.CDLL("librkllmrt.so")
+    except OSError:
+        pytest.skip("needs an RK3588 board with librkllmrt.so 1.3 installed")
+    path = rkllm.loaded_path(lib)
+    assert path is not None and path.exists()
+    assert (rkllm.library_version(path) or (0, 0, 0)) >= (1, 3, 0)
 
 
 class FakeRknn:
@@ -147,7 +209,7 @@ def board_bundle(tiny_ckpt, tmp_path_factory):
     return out
 
 
-def board_engine(bundle, llm, runtime, **manifest_changes):
+def board_engine(bundle, llm, runtime, keep_history=False, **manifest_changes):
     """The NPU engine over the stand-in RKLLM library and a fake RKNN runtime (256 rows of width 8)."""
     from dataclasses import replace
 
@@ -160,39 +222,82 @@ def board_engine(bundle, llm, runtime, **manifest_changes):
 
     m = replace(open_bundle(bundle), **manifest_changes)
     encoder = prompt_encoder(m, Tokenizer.from_file(str(bundle / "tokenizer.json")))
-    return BoardModel(m, encoder, RknnVisionEncoder(runtime, *runtime.shape, norm=(m.model.image_mean,
-                                                                                   m.model.image_std)), llm)
+    vision = RknnVisionEncoder(runtime, *runtime.shape, norm=(m.model.image_mean, m.model.image_std))
+    return BoardModel(m, encoder, vision, llm, keep_history=keep_history)
+
+
+INTERNVL_USER, INTERNVL_END = "\n<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"
 
 
 def test_board_engine_drives_rkllm_per_turn(model, stub, board_bundle):
+    """keep_history=0, as Rockchip's demos run: RKLLM gets the family's template pieces, and each turn
+    the whole conversation as input, with every image again (encoded on the NPU once)."""
     from PIL import Image
 
+    from edgevlm.models.internvl3 import DEFAULT_SYSTEM
     from edgevlm.rk3588.board import defuse
 
     runtime = FakeRknn()
     session = board_engine(board_bundle, model, runtime).session()
     img = Image.new("RGB", (640, 480), (200, 100, 50))
+    clears = stub.stub_num(b"clears")
     answer = session.chat("What is this <|im_end|>?", [img])
-    assert answer == "Hello 你好! more more more"
+    assert answer == "Hello 你好! more more more"  # WAITING bytes not doubled
     assert runtime.calls == [((1, 448, 448, 3), np.uint8, "nhwc")]  # one tile, uint8 NHWC
-    sent = stub.stub_str(b"prompt").decode()
-    assert sent.startswith("<|im_start|>system\n") and "<|im_start|>user\n<image>\nWhat is this " in sent
-    assert "<|im_end|>?" not in sent and defuse("<|im_end|>", ["<|im_end|>"]) in sent  # typed control text is defused
+    assert stub.stub_str(b"system").decode() == f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>"
+    assert stub.stub_str(b"prefix").decode() == INTERNVL_USER and stub.stub_str(b"postfix").decode() == INTERNVL_END
+    typed = defuse("<|im_end|>", ["<|im_end|>"])
+    assert stub.stub_str(b"prompt").decode() == f"<image>\nWhat is this {typed}?"  # typed control text defused
     assert stub.stub_num(b"n_image") == 1 and stub.stub_num(b"n_image_tokens") == 256
-    assert stub.stub_num(b"keep_history") == 1
+    assert stub.stub_num(b"keep_history") == 0
     s = session.last_stats
     assert s.generation.finish_reason == "stop" and s.images == 1 and s.memory_mb == 321.0
-    clears = stub.stub_num(b"clears")
     session.chat("And the colour?")
-    second = stub.stub_str(b"prompt").decode()
-    assert second == "\n<|im_start|>user\nAnd the colour?<|im_end|>\n<|im_start|>assistant\n"  # only the new turn
-    assert stub.stub_num(b"input_type") == rkllm.INPUT_PROMPT and stub.stub_num(b"clears") == clears
+    first = f"<image>\nWhat is this {typed}?{INTERNVL_END}Hello 你好! more more more<|im_end|>"
+    assert stub.stub_str(b"prompt").decode() == f"{first}{INTERNVL_USER}And the colour?"
+    assert stub.stub_num(b"input_type") == rkllm.INPUT_MULTIMODAL and stub.stub_num(b"n_image") == 1
+    assert len(runtime.calls) == 1 and stub.stub_num(b"clears") == clears  # features kept; nothing to clear
     pieces = session.ask("Stop early")
     next(pieces)
-    pieces.close()  # Ctrl-C: aborts the run, keeps the partial answer
-    assert session.turns[-1].answer == "Hel"
-    session.chat("Go on")  # after a cut answer the turn is closed first, in the text RKLLM is sent
-    assert stub.stub_str(b"prompt").decode().startswith("<|im_end|>\n<|im_start|>user\nGo on")
+    pieces.close()  # Ctrl-C: ends the run (from this thread, if it is still going), keeps the partial answer
+    assert session.turns[-1].answer == "Hel" and stub.stub_num(b"aborts_in_callback") == 0
+    session.chat("Go on")  # the cut answer is closed in the conversation sent
+    assert stub.stub_str(b"prompt").decode().endswith(f"Stop early{INTERNVL_END}Hel<|im_end|>{INTERNVL_USER}Go on")
+
+
+def test_cache_reuse_sends_only_a_turn_that_continues_the_cache(model, stub, board_bundle):
+    """keep_history=1 (the option): only the new turn goes when RKLLM's cache holds the conversation so
+    far, ended by the model's own stop; an answer cut short (length, Ctrl-C, client gone) clears it."""
+    from PIL import Image
+
+    session = board_engine(board_bundle, model, FakeRknn(), keep_history=True).session()
+    clears = stub.stub_num(b"clears")
+    session.chat("What?", [Image.new("RGB", (64, 64))])
+    assert stub.stub_num(b"keep_history") == 1 and stub.stub_num(b"clears") == clears + 1  # a fresh cache
+    session.chat("And the colour?")
+    assert stub.stub_str(b"prompt") == b"And the colour?" and stub.stub_num(b"input_type") == rkllm.INPUT_PROMPT
+    assert stub.stub_num(b"clears") == clears + 1
+    session.chat("Short", max_tokens=3)  # cut by length: the cache does not end where a turn ends
+    assert session.last_stats.generation.finish_reason == "length"
+    session.chat("Again")
+    sent = stub.stub_str(b"prompt").decode()
+    assert stub.stub_num(b"clears") == clears + 2 and sent.startswith("<image>\nWhat?") and sent.endswith("Again")
+    assert stub.stub_num(b"n_image") == 1  # the whole conversation again, with its image
+    pieces = session.ask("Stop early")
+    next(pieces)
+    pieces.close()
+    session.chat("Once more")
+    assert stub.stub_num(b"clears") == clears + 3 and stub.stub_str(b"prompt").decode().startswith("<image>")
+
+
+def test_board_close_releases_both_runtimes(lib_path, stub, board_bundle):
+    llm = rkllm.RkllmModel("m.rkllm", library=lib_path)
+    board = board_engine(board_bundle, llm, FakeRknn())
+    closed = []
+    board.vision.close = lambda: closed.append(True)
+    destroys = stub.stub_num(b"destroys")
+    board.close()
+    assert stub.stub_num(b"destroys") == destroys + 1 and closed == [True]
 
 
 def test_board_sessions_tile_as_the_manifest_says(model, stub, board_bundle):
@@ -247,14 +352,15 @@ def test_server_runs_on_the_board_backend(model, stub, board_bundle):
     body = r.json()
     assert body["choices"][0]["message"]["content"] == "Hello 你好! more more more"
     assert body["choices"][0]["finish_reason"] == "stop" and body["usage"]["completion_tokens"] == 8
-    assert stub.stub_num(b"n_image") == 1 and "<image>\nWhat is it?" in stub.stub_str(b"prompt").decode()
+    assert stub.stub_num(b"n_image") == 1 and stub.stub_str(b"prompt") == b"<image>\nWhat is it?"
     follow = [*first, {"role": "assistant", "content": body["choices"][0]["message"]["content"]},
               {"role": "user", "content": "More?"}]  # fmt: skip
     with client.stream("POST", "/v1/chat/completions", json={"messages": follow, "stream": True}) as s:
         events = [json.loads(line[6:]) for line in s.iter_lines() if line.startswith("data: {")]
     text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
     assert text == "Hello 你好! more more more"
-    assert stub.stub_str(b"prompt") == b"\n<|im_start|>user\nMore?<|im_end|>\n<|im_start|>assistant\n"  # only new
+    sent = stub.stub_str(b"prompt").decode()  # the whole conversation, each turn (keep_history=0)
+    assert sent.startswith("<image>\nWhat is it?") and sent.endswith(f"{INTERNVL_USER}More?")
 
 
 def test_smolvlm2_on_the_board_sends_one_tile_per_image_with_its_tags(model, stub, smol_bundle):
@@ -264,8 +370,9 @@ def test_smolvlm2_on_the_board_sends_one_tile_per_image_with_its_tags(model, stu
     session = board_engine(smol_bundle, model, runtime).session()
     session.chat("Describe <image> this.", [picture(300, 200)])
     assert runtime.calls == [((1, 96, 96, 3), np.uint8, "nhwc")]
-    sent = stub.stub_str(b"prompt").decode()
-    assert sent.startswith("<|im_start|>User:<image>Describe <\u200bimage> this.<end_of_utterance>\nAssistant:")
+    assert stub.stub_str(b"prompt").decode() == "<image>Describe <\u200bimage> this."
+    assert stub.stub_str(b"system").decode() == "<|im_start|>" and stub.stub_str(b"prefix").decode() == "User:"
+    assert stub.stub_str(b"postfix").decode() == "<end_of_utterance>\nAssistant:"
     assert stub.stub_str(b"image_start").decode() == "<fake_token_around_image><global-img>"
     assert stub.stub_str(b"image_end").decode() == "<fake_token_around_image>"
     assert stub.stub_str(b"image_content").decode() == "<image>" and stub.stub_num(b"n_image_tokens") == 9

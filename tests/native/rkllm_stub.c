@@ -1,12 +1,19 @@
 /* A stand-in for librkllmrt.so 1.3.0 with the same C ABI, for testing edgevlm's binding on x86.
- * It records what it receives and drives the result callback through NORMAL, WAITING (a UTF-8
- * character split over two callbacks), FINISH and ERROR, as the real runtime does. */
+ * It records what it receives and drives the result callback through NORMAL, WAITING, FINISH and
+ * ERROR as the real runtime does: while a UTF-8 character is incomplete it reports WAITING (with the
+ * bytes so far), and the NORMAL callback that follows carries the whole character, which is why
+ * Rockchip's demos print NORMAL text only. Like the real library it prints its version at init
+ * from a format string, the version being a separate string (-DSTUB_VERSION=... builds another). */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
-static const char VERSION[] = "rkllm-runtime version: 1.3.0";
+#ifndef STUB_VERSION
+#define STUB_VERSION "1.3.0"
+#endif
+static const char RUNTIME_VERSION[] = STUB_VERSION;
 
 typedef void *LLMHandle;
 typedef struct { int32_t base_domain_id; int8_t embed_flash; int8_t enabled_cpus_num; uint32_t enabled_cpus_mask;
@@ -42,9 +49,13 @@ typedef struct { LLMResultCallback result_callback; void *result_userdata; void 
 
 /* What the last calls received, read back by the test. */
 static RKLLMParam g_param;
+static char g_system[1024], g_prefix[256], g_postfix[256];
 static char g_model_path[256], g_prompt[4096], g_image_start[64], g_image_end[64], g_image_content[64];
 static RKLLMCallback g_cb;
-static int g_input_type, g_keep_history, g_max_new_tokens, g_abort, g_running = 0, g_inits, g_destroys, g_clears;
+static __thread int t_in_callback; /* Rockchip's pattern: abort from another thread, not from here */
+static int g_aborts, g_aborts_in_callback;
+static int g_input_type, g_keep_history, g_max_new_tokens, g_abort, g_running = 0, g_inits, g_destroys, g_clears,
+           g_templates, g_runs;
 static size_t g_n_image_tokens, g_n_image, g_width, g_height;
 static double g_embed_sum;
 static float g_embed_first, g_embed_last;
@@ -85,7 +96,10 @@ const char *stub_str(const char *name) {
     if (!strcmp(name, "image_start")) return g_image_start;
     if (!strcmp(name, "image_end")) return g_image_end;
     if (!strcmp(name, "image_content")) return g_image_content;
-    return VERSION;
+    if (!strcmp(name, "system")) return g_system;
+    if (!strcmp(name, "prefix")) return g_prefix;
+    if (!strcmp(name, "postfix")) return g_postfix;
+    return RUNTIME_VERSION;
 }
 double stub_num(const char *name) {
     if (!strcmp(name, "max_context_len")) return g_param.max_context_len;
@@ -107,6 +121,11 @@ double stub_num(const char *name) {
     if (!strcmp(name, "inits")) return g_inits;
     if (!strcmp(name, "destroys")) return g_destroys;
     if (!strcmp(name, "clears")) return g_clears;
+    if (!strcmp(name, "templates")) return g_templates;
+    if (!strcmp(name, "runs")) return g_runs;
+    if (!strcmp(name, "running")) return g_running;
+    if (!strcmp(name, "aborts")) return g_aborts;
+    if (!strcmp(name, "aborts_in_callback")) return g_aborts_in_callback;
     return -1;
 }
 
@@ -120,6 +139,8 @@ RKLLMParam rkllm_createDefaultParam(void) {
 
 int rkllm_init(LLMHandle *handle, RKLLMParam *param, RKLLMCallback *callback) {
     if (!param || !callback || !callback->result_callback) return -1;
+    fprintf(stderr, "I rkllm: rkllm-runtime version: %s, rknpu driver version: %s, platform: %s\n",
+            RUNTIME_VERSION, "0.9.8", "RK3588");
     g_param = *param;
     strncpy(g_model_path, param->model_path ? param->model_path : "", sizeof g_model_path - 1);
     g_cb = *callback;
@@ -129,21 +150,28 @@ int rkllm_init(LLMHandle *handle, RKLLMParam *param, RKLLMCallback *callback) {
 }
 
 int rkllm_set_chat_template(LLMHandle handle, const char *system, const char *prefix, const char *postfix) {
-    (void)system; (void)prefix; (void)postfix;
-    return handle == &g_handle_token ? 0 : -1;
+    if (handle != &g_handle_token || !system || !prefix || !postfix) return -1;
+    strncpy(g_system, system, sizeof g_system - 1); g_system[sizeof g_system - 1] = 0;
+    strncpy(g_prefix, prefix, sizeof g_prefix - 1); g_prefix[sizeof g_prefix - 1] = 0;
+    strncpy(g_postfix, postfix, sizeof g_postfix - 1); g_postfix[sizeof g_postfix - 1] = 0;
+    g_templates++;
+    return 0;
 }
 
 static int emit(const char *text, int token, int state) {
     RKLLMResult r;
     memset(&r, 0, sizeof r);
     r.text = text; r.token_id = token;
-    return g_cb.result_callback(&r, g_cb.result_userdata, state);
+    t_in_callback = 1;
+    int ret = g_cb.result_callback(&r, g_cb.result_userdata, state);
+    t_in_callback = 0;
+    return ret;
 }
 
 int rkllm_run(LLMHandle handle, RKLLMInput *input, RKLLMInferParam *infer, void *userdata) {
     (void)userdata;
     if (handle != &g_handle_token) return -1;
-    g_running = 1; g_abort = 0;
+    g_running = 1; g_abort = 0; g_runs++;
     g_input_type = input->input_type;
     g_keep_history = infer->keep_history;
     g_max_new_tokens = infer->max_new_tokens;
@@ -162,8 +190,10 @@ int rkllm_run(LLMHandle handle, RKLLMInput *input, RKLLMInferParam *infer, void 
         g_embed_first = im->image_embed[0]; g_embed_last = im->image_embed[n - 1];
     }
     if (!strcmp(g_prompt, "fail")) { emit(NULL, -1, 3); g_running = 0; return 0; }
-    /* "你" is E4 BD A0: its first two bytes arrive in a WAITING callback, the last with "好" (E5 A5 BD). */
-    static const char *pieces[] = {"Hel", "lo ", "\xE4\xBD", "\xA0\xE5\xA5\xBD", "!", " more", " more", " more"};
+    /* "你" is E4 BD A0: a token ends after its first two bytes, reported as WAITING with those bytes;
+     * the next token completes it and the NORMAL callback carries the whole of "你好" (E5 A5 BD). */
+    static const char *pieces[] = {"Hel", "lo ", "\xE4\xBD", "\xE4\xBD\xA0\xE5\xA5\xBD", "!", " more", " more",
+                                   " more"};
     static const int states[] = {0, 0, 1, 0, 0, 0, 0, 0};
     int n = (int)(sizeof pieces / sizeof *pieces), tokens = 0;
     for (int i = 0; i < n && !g_abort; i++) {
@@ -179,8 +209,11 @@ int rkllm_run(LLMHandle handle, RKLLMInput *input, RKLLMInferParam *infer, void 
     return 0;
 }
 
-int rkllm_abort(LLMHandle handle) { g_abort = 1; return handle == &g_handle_token ? 0 : -1; }
-int rkllm_is_running(LLMHandle handle) { (void)handle; return g_running ? 0 : 1; }
+int rkllm_abort(LLMHandle handle) {
+    g_abort = 1; g_aborts++; g_aborts_in_callback += t_in_callback;
+    return handle == &g_handle_token ? 0 : -1;
+}
+int rkllm_is_running(LLMHandle handle) { (void)handle; return g_running ? 1 : 0; } /* 1: running */
 int rkllm_destroy(LLMHandle handle) { (void)handle; g_destroys++; return 0; }
 int rkllm_clear_kv_cache(LLMHandle handle, int keep_system_prompt, int *start, int *end) {
     (void)handle; (void)keep_system_prompt; (void)start; (void)end; g_clears++; return 0;

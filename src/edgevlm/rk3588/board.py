@@ -1,21 +1,27 @@
 """The NPU engine on the RK3588: RKNN-Lite for the vision encoder, RKLLM for the language model.
 
 It implements the same interface as the CPU engine (engine.py): a Conversation in, StreamChunks out.
-RKLLM works per turn: it takes the prompt as text, with `<image>` where each image's embeddings go
-(it expands that to the family's image tokens itself), keeps its own KV cache across turns
-(`keep_history`), and streams text back. The engine sends RKLLM only the text its cache lacks, and
-clears the cache when a conversation does not continue what it holds. The prompt is rendered with
-the bundle's own template; user text has control-token strings broken apart first, because RKLLM
-tokenises the whole prompt and would otherwise read them as control tokens.
+RKLLM works per turn: it takes the user's input as text, with `<image>` where each image's embeddings
+go (it expands that to the family's image tokens itself), wraps it in the chat template it was given
+(the family's system block, user prefix, and user postfix with the assistant prefix), and streams
+text back. As in Rockchip's demos the default is `keep_history=0`: each turn sends the whole
+conversation (earlier turns rendered inside the input, every image again; image features are
+computed once per image), which is correct by construction. Re-using RKLLM's cache across turns
+(`keep_history=1`) is an option: it sends only the new turn when the runtime's cache holds exactly the
+conversation so far, ended by the model's own stop, and otherwise clears it and sends everything.
+User text has control-token strings broken apart first, because RKLLM tokenises the whole input and
+would otherwise read them as control tokens.
 """
 
 from __future__ import annotations
 
+import atexit
 import queue
 import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,17 +65,47 @@ def rkllm_prompt(encoder: PromptEncoder, turns: Sequence[Turn], system: str | No
     return "".join(out)
 
 
+@dataclass(frozen=True)
+class RkllmTurn:
+    """A conversation split as RKLLM puts it together: template pieces around the input text."""
+
+    system: str  # the opening and the system block: RKLLM's system prompt
+    prefix: str  # before each user input
+    postfix: str  # after it: the end of the user turn and the assistant's header
+    full: str  # system + prefix + the whole conversation's input + postfix
+
+    @property
+    def text(self) -> str:
+        """The input for a run that starts from an empty cache."""
+        return self.full[len(self.system) + len(self.prefix) : len(self.full) - len(self.postfix)]
+
+
+def rkllm_turn(encoder: PromptEncoder, turns: Sequence[Turn], system: str | None) -> RkllmTurn:
+    t = encoder.format.template
+    head, full = rkllm_prompt(encoder, [], system), rkllm_prompt(encoder, turns, system)
+    prefix, postfix = t.user[0], t.user[1] + t.assistant[0]
+    if not (full.startswith(head + prefix) and full.endswith(postfix)):
+        raise AssertionError("the rendered conversation does not have the template's shape")
+    return RkllmTurn(head, prefix, postfix, full)
+
+
 class BoardModel(BundleEngine):
     """A bundle's NPU artifacts ready to answer. RKLLM holds one conversation in its cache, so sessions of
     one model take turns, not run at once. RKLLM samples by its own settings (greedy by default), not
     per request: of the sampling parameters only max_tokens applies."""
 
     def __init__(self, manifest: Manifest, encoder: PromptEncoder, vision: object, llm: RkllmModel,
-                 load_times: dict[str, float] | None = None) -> None:  # fmt: skip
+                 load_times: dict[str, float] | None = None, *, keep_history: bool = False) -> None:  # fmt: skip
         self.manifest, self.prompt, self.tokenizer = manifest, encoder, encoder.tokenizer
         self.vision, self.llm = vision, llm
         self.load_times = load_times or {"llm": 0.0, "vision": 0.0}
-        self.sent = ""  # the prompt text RKLLM holds in its cache
+        self.keep_history = keep_history
+        self.held: str | None = None  # with keep_history: the conversation RKLLM's cache holds (full form)
+
+    def close(self) -> None:
+        """Release the runtimes (RKLLM's model, RKNN-Lite's context); also run at exit."""
+        self.llm.close()
+        getattr(self.vision, "close", lambda: None)()
 
     @property
     def decode_bytes(self) -> int:
@@ -91,40 +127,48 @@ class BoardModel(BundleEngine):
         return len(self.prompt.encode(conversation.turns, conversation.system))
 
     def _features(self, images: Sequence[EncodedImage], stats: TurnStats) -> np.ndarray | None:
-        """Features [n_image, tiles*rows, H] on the NPU; RKLLM needs one token count for all images."""
+        """Features [n_image, tiles*rows, H], computed on the NPU once per image; RKLLM needs one token count
+        for all images of a run."""
         if not images:
             return None
         counts = [img.tiles.count for img in images]
         if len(set(counts)) > 1:
-            raise ValueError(f"RKLLM needs the same number of tiles for every image of a turn, got {counts}: "
-                             "use --max-tiles 1, or send one image per turn")  # fmt: skip
+            raise ValueError(f"RKLLM needs the same number of tiles for every image of a conversation, got {counts}: "
+                             "use --max-tiles 1, or one image per conversation")  # fmt: skip
         start = time.perf_counter()
         width = self.vision.shape[1]  # type: ignore[attr-defined]
-        feats = [self.vision.encode(img.tiles.pixels).reshape(-1, width) for img in images]  # type: ignore[attr-defined]
+        for img in images:
+            if img.features is None:
+                img.features = self.vision.encode(img.tiles.pixels).reshape(-1, width)  # type: ignore[attr-defined]
         stats.vision_ms = (time.perf_counter() - start) * 1000
-        return np.stack(feats)
+        return np.stack([img.features for img in images])
 
     def stream(self, conversation: Conversation, params: SamplingParams, stats: TurnStats, *,
                shared: bool = False) -> Iterator[StreamChunk]:  # fmt: skip
-        """Stream RKLLM's answer to a conversation, sending it only what its cache lacks. (RKLLM re-uses
-        its cache only when the conversation continues the whole of what it holds, so nothing of another
-        client's prompt shows, shared or not.)"""
-        full = rkllm_prompt(self.prompt, conversation.turns, conversation.system)
-        if self.sent and full.startswith(self.sent):
-            new = full[len(self.sent) :]
-        else:  # first turn, or a history RKLLM does not hold (cleared, edited, another client's)
+        """Stream RKLLM's answer to a conversation. (With keep_history the cache is re-used only when the
+        conversation continues the whole of what it holds, so nothing of another client's prompt shows.)"""
+        turn = rkllm_turn(self.prompt, conversation.turns, conversation.system)
+        text = turn.text
+        held = self.held if self.keep_history else None
+        if held is not None and turn.full.startswith(held + turn.prefix):
+            text = turn.full[len(held) + len(turn.prefix) : len(turn.full) - len(turn.postfix)]  # the new turn only
+        elif self.keep_history:
             self.llm.clear_kv_cache()
-            self.sent, new = "", full
-        n_new = new.count(IMAGE_PLACEHOLDER)
+        self.held = None  # until this run ends by the model's own stop
         images = conversation.images
+        n_new = text.count(IMAGE_PLACEHOLDER)
+        if n_new > len(images):
+            raise ValueError(f"the conversation has {n_new} image slots but {len(images)} images")
         stats.images, stats.tiles = len(images), sum(img.tiles.count for img in images)
         stats.prompt_tokens = self.count_tokens(conversation)
         features = self._features(images[len(images) - n_new :] if n_new else [], stats)
-        return without_lead(self._run(full, new, features, params, stats), self.prompt.template.answer_prefix)
+        self.llm.set_chat_template(turn.system, turn.prefix, turn.postfix)
+        return without_lead(self._run(turn, text, features, params, stats), self.prompt.template.answer_prefix)
 
-    def _run(self, full: str, new: str, features: np.ndarray | None, params: SamplingParams,
+    def _run(self, turn: RkllmTurn, text: str, features: np.ndarray | None, params: SamplingParams,
              stats: TurnStats) -> Iterator[StreamChunk]:  # fmt: skip
-        """RKLLM in a thread, its pieces as StreamChunks; the last one carries the finish reason."""
+        """RKLLM in a thread, its pieces as StreamChunks; the last one carries the finish reason. Stopping
+        early (the consumer closes the stream) aborts the run from this thread, as Rockchip's demos do."""
         begin = time.perf_counter()
         g = stats.generation = GenerationStats()
         pieces: queue.Queue = queue.Queue()
@@ -132,14 +176,14 @@ class BoardModel(BundleEngine):
         answer: list[str] = []
         perf: list[Perf] = []
 
-        def on_text(text: str, token: int) -> bool:
-            pieces.put((text, token))
+        def on_text(piece: str, token: int) -> bool:
+            pieces.put((piece, token))
             return not stop.is_set()
 
         def run() -> None:
             f, tile = self.prompt.format, tiling_of(self.manifest).tile
             try:
-                perf.append(self.llm.run(new, on_text, images=features, keep_history=True,
+                perf.append(self.llm.run(text, on_text, images=features, keep_history=self.keep_history,
                                          max_new_tokens=params.max_tokens, image_size=(tile, tile),
                                          image_tokens=(f.image_start, f.image_end, f.image_token)))  # fmt: skip
             except Exception as e:  # handed to the reader
@@ -165,10 +209,12 @@ class BoardModel(BundleEngine):
             yield held or StreamChunk("", self.prompt.stop_ids[0], g)  # an empty answer ends at once
         finally:
             stop.set()
-            self.llm.abort() if worker.is_alive() else None
+            if worker.is_alive():
+                self.llm.abort()
             worker.join()
-            ended = g.finish_reason == "stop"  # RKLLM's cache then holds the end-of-turn token too
-            self.sent = full + "".join(answer) + (self.prompt.template.assistant[1] if ended else "")
+            if self.keep_history and g.finish_reason == "stop":
+                # RKLLM's cache then ends with the stop token the model generated.
+                self.held = turn.full + "".join(answer) + self.prompt.template.stop[0]
 
     @staticmethod
     def _finish(stats: TurnStats, p: Perf, params: SamplingParams) -> None:
@@ -183,7 +229,8 @@ class BoardModel(BundleEngine):
         stats.memory_mb = p.memory_mb
 
 
-def load_board(bundle: str | Path, *, library: str = "librkllmrt.so", target: str = "rk3588") -> BoardModel:
+def load_board(bundle: str | Path, *, library: str = "librkllmrt.so", target: str = "rk3588",
+               keep_history: bool = False) -> BoardModel:  # fmt: skip
     """The NPU engine for a bundle with its `export-rk3588` artifacts (on the board itself)."""
 
     from ..bundle import open_bundle
@@ -208,4 +255,6 @@ def load_board(bundle: str | Path, *, library: str = "librkllmrt.so", target: st
         raise BoardError("rknn-toolkit-lite2 is not installed (pip install rknn-toolkit-lite2 on the board)") from None
     except (RknnError, RkllmError) as e:
         raise BoardError(str(e)) from None
-    return BoardModel(m, encoder, vision, llm, load_times)
+    board = BoardModel(m, encoder, vision, llm, load_times, keep_history=keep_history)
+    atexit.register(board.close)  # rkllm_destroy and the RKNN-Lite release, as Rockchip's demos end
+    return board

@@ -3,11 +3,13 @@
 The layouts below follow rkllm.h of release 1.3.0, whose ABI broke with 1.2.x (RKLLMParam lost
 img_start/img_end/img_content, RKLLMInferParam gained sampling parameters, rkllm_init takes a
 struct of callbacks, and multimodal input carries image count and size). The binding therefore
-pins 1.3 and checks the library's version string when it can find one.
+reads the version of the library it loaded, before calling into it, and refuses one older than 1.3.
 
 The runtime works per turn: a prompt (with `<image>` where image embeddings go) and the image
-features go in; text comes back through a callback, token by token. A UTF-8 character split over
-callbacks (the runtime's WAITING state) is joined before it is passed on.
+features go in; text comes back through a callback, token by token. As in Rockchip's own demos only
+NORMAL text is passed on: WAITING reports the bytes of a character not yet complete, and the NORMAL
+callback after it carries the whole character. A run is stopped with `abort()` from another thread,
+never from inside the callback.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-SUPPORTED = (1, 3)
+SUPPORTED = (1, 3)  # the oldest runtime whose C interface this binding speaks
 NORMAL, WAITING, FINISH, ERROR = 0, 1, 2, 3
 INPUT_PROMPT, INPUT_TOKEN, INPUT_EMBED, INPUT_MULTIMODAL = 0, 1, 2, 3
 INFER_GENERATE = 0
@@ -122,22 +124,55 @@ class Callbacks(ctypes.Structure):
                 ("embed_callback", ctypes.c_void_p), ("embed_userdata", ctypes.c_void_p)]  # fmt: skip
 
 
-_VERSION = re.compile(rb"rkllm[-_ ]?(?:runtime|rt)?[^\x00\n]{0,24}?version[^\x00\n\d]{0,8}(\d+)\.(\d+)\.(\d+)", re.I)
+_BANNER = re.compile(rb"rkllm-runtime version: (\d+)\.(\d+)\.(\d+)")
+# The runtime prints "rkllm-runtime version: %s, ..." at init; the version itself is a separate string.
+_FORMAT = b"rkllm-runtime version: %s"
+_LITERAL = re.compile(rb"\x00(1)\.(\d+)\.(\d+)(?:b\d+)?\x00")  # RKLLM runtimes are 1.x (drivers 0.x)
 
 
 def library_version(path: str | Path) -> tuple[int, int, int] | None:
-    """The runtime version written in the library file, if it can be found."""
-    m = _VERSION.search(Path(path).read_bytes())
-    return tuple(int(x) for x in m.groups()) if m else None  # type: ignore[return-value]
+    """The runtime version written in the library file, if it can be told."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return None
+    if m := _BANNER.search(data):
+        return tuple(int(x) for x in m.groups())  # type: ignore[return-value]
+    if _FORMAT in data:
+        found = {tuple(int(x) for x in m) for m in _LITERAL.findall(data)}
+        if len(found) == 1:
+            return found.pop()  # type: ignore[return-value]
+    return None
 
 
-def check_version(path: str | Path) -> None:
+def loaded_path(lib: ctypes.CDLL, symbol: str = "rkllm_init") -> Path | None:
+    """The file a loaded library was mapped from (it may have been loaded by bare name)."""
+    address = ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value or 0
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                low, high = (int(x, 16) for x in fields[0].split("-"))
+                if low <= address < high and len(fields) == 6 and fields[5].startswith("/"):
+                    return Path(fields[5].strip())
+    except OSError:  # not Linux
+        pass
+    return None
+
+
+def check_version(path: str | Path) -> tuple[int, int, int] | None:
+    """Refuse a runtime older than 1.3 (its structures differ); the version read, if any."""
     version = library_version(path)
+    needed = ".".join(map(str, SUPPORTED))
     if version is None:
-        warnings.warn(f"{path}: no version string found; assuming RKLLM runtime 1.3.x", stacklevel=3)
-    elif version[:2] != SUPPORTED:
-        raise RkllmError(f"{path} is RKLLM runtime {'.'.join(map(str, version))}; edgevlm speaks 1.3.x only "
-                         "(the C structures changed between 1.2 and 1.3): install librkllmrt.so 1.3.0")  # fmt: skip
+        warnings.warn(f"{path}: cannot tell the RKLLM runtime version; assuming {needed}.x", stacklevel=3)
+    elif version[:2] < SUPPORTED:
+        raise RkllmError(f"{path} is RKLLM runtime {'.'.join(map(str, version))}; edgevlm needs {needed} or newer "
+                         f"(install librkllmrt.so {needed}.0)")  # fmt: skip
+    elif version[:2] > SUPPORTED:
+        warnings.warn(f"{path} is RKLLM runtime {'.'.join(map(str, version))}; edgevlm is tested with {needed}.x",
+                      stacklevel=3)  # fmt: skip
+    return version
 
 
 @dataclass
@@ -174,13 +209,14 @@ class RkllmModel:
     def __init__(self, model_path: str | Path, *, library: str | Path = "librkllmrt.so", max_context: int = 4096,
                  max_new_tokens: int = 512, temperature: float = 0.0, top_k: int = 1, top_p: float = 1.0,
                  repeat_penalty: float = 1.0, verify_version: bool = True) -> None:  # fmt: skip
-        if verify_version and Path(library).exists():
-            check_version(library)
         try:
             self.lib = ctypes.CDLL(str(library))
         except OSError as e:
             raise RkllmError(f"cannot load the RKLLM runtime {library}: {e}") from None
         _bind(self.lib)
+        self.path = loaded_path(self.lib) or Path(library)
+        # Before any call into it: a 1.2 runtime reads these structures at other offsets.
+        self.version = check_version(self.path) if verify_version else None
         p = self.lib.rkllm_createDefaultParam()
         self._path = str(model_path).encode()  # the runtime keeps the pointer
         p.model_path, p.max_context_len, p.max_new_tokens = self._path, max_context, max_new_tokens
@@ -189,37 +225,45 @@ class RkllmModel:
         p.extend_param.base_domain_id = 1  # the vision encoder (RKNN) uses domain 0
         self._on_text: Callable[[str, int], bool | None] | None = None
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._perf, self._error = Perf(), None
+        self._perf, self._error, self._muted = Perf(), None, False
+        self._template: tuple[str, str, str] | None = None
         self._callback = ResultCallback(self._result)  # kept alive: the runtime holds the pointer
         self._callbacks = Callbacks(result_callback=self._callback)
         self.handle = ctypes.c_void_p()
         if self.lib.rkllm_init(ctypes.byref(self.handle), ctypes.byref(p), ctypes.byref(self._callbacks)) != 0:
             raise RkllmError(f"rkllm_init failed for {model_path}")
-        # The prompt arrives rendered by edgevlm's own template: no second template around it.
-        self.lib.rkllm_set_chat_template(self.handle, b"", b"", b"")
+
+    def set_chat_template(self, system: str, prefix: str, postfix: str) -> None:
+        """The text RKLLM puts before the conversation (system), and before and after each user input."""
+        if self._template == (system, prefix, postfix):
+            return
+        if self.lib.rkllm_set_chat_template(self.handle, system.encode(), prefix.encode(), postfix.encode()) != 0:
+            raise RkllmError("rkllm_set_chat_template failed")
+        self._template = (system, prefix, postfix)
 
     def _result(self, result: ctypes.POINTER(Result), userdata: int, state: int) -> int:  # type: ignore[valid-type]
         r = result.contents if result else None
-        if state in (NORMAL, WAITING) and r is not None and r.text:
-            text = self._decoder.decode(r.text)  # WAITING holds part of a character: it waits here
+        if state == NORMAL and r is not None and r.text and not self._muted:
+            text = self._decoder.decode(r.text)
             if text and self._on_text and self._on_text(text, int(r.token_id)) is False:
-                self.abort()
+                self._muted = True  # the caller aborts from its own thread; nothing more is passed on
         elif state == FINISH and r is not None:
             f = r.perf
             self._perf = Perf(f.prefill_time_ms, f.prefill_tokens, f.generate_time_ms, f.generate_tokens,
                               f.memory_usage_mb)  # fmt: skip
         elif state == ERROR:
             self._error = "the RKLLM runtime reported an error during the run"
-        return 0
+        return 0  # 0: go on (1 would pause the run, not end it)
 
     def run(self, prompt: str, on_text: Callable[[str, int], bool | None], *, images: np.ndarray | None = None,
             image_size: tuple[int, int] | None = None, image_tokens: tuple[str, str, str] | None = None,
-            keep_history: bool = True, max_new_tokens: int = 512) -> Perf:  # fmt: skip
+            keep_history: bool = False, max_new_tokens: int = 512) -> Perf:  # fmt: skip
         """One turn. `prompt` holds one `<image>` per image; `images` is float32 [n_image, n_tokens, dim];
         `image_tokens` the (start, end, content) strings RKLLM puts around and in each image's rows, and
         `image_size` the (width, height) of a tile.
-        `on_text(text, token)` may return False to stop the answer."""
-        self._on_text, self._error, self._perf = on_text, None, Perf()
+        `on_text(text, token)` may return False to receive no more text; `abort()` from another thread
+        ends the run."""
+        self._on_text, self._error, self._perf, self._muted = on_text, None, Perf(), False
         self._decoder.reset()
         inp = Input(role=b"user", enable_thinking=False)
         encoded = prompt.encode()
@@ -247,7 +291,7 @@ class RkllmModel:
         self.lib.rkllm_abort(self.handle)
 
     def is_running(self) -> bool:
-        return self.lib.rkllm_is_running(self.handle) == 0  # the header: 0 while a task runs
+        return self.lib.rkllm_is_running(self.handle) == 1  # 1.3.0's header: 1 while a task runs
 
     def clear_kv_cache(self, keep_system_prompt: bool = False) -> None:
         if self.lib.rkllm_clear_kv_cache(self.handle, int(keep_system_prompt), None, None) != 0:
