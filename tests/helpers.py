@@ -6,13 +6,16 @@ import base64
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 KEY = "sekret"
@@ -106,3 +109,15 @@ def cosine(a, b):
     """Cosine similarity along the last axis (a scalar for vectors)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def build_stub(folder: Path, version: str = "1.3.0") -> Path:
+    """The stand-in compiled as `folder/librkllmrt.so`, calling itself runtime `version`."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the RKLLM stand-in library")
+    out = folder / "librkllmrt.so"
+    source = Path(__file__).parent / "native" / "rkllm_stub.c"
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", f'-DSTUB_VERSION="{version}"', "-o", str(out), str(source)],
+                   check=True)  # fmt: skip
+    return out

@@ -295,7 +295,7 @@ def test_two_turns_equal_transformers_and_prefill_only_the_new_turn(model, ref_m
     assert stats.generation.prompt_tokens <= len(tail) + 2 and stats.vision_ms == 0
 
 
-def test_cli_chat_answers_as_the_api_and_the_board_says_not_yet(model, bundle, tmp_path):
+def test_cli_chat_answers_as_the_api_and_the_board_asks_for_its_artifacts(model, bundle, tmp_path):
     from helpers import assert_one_line_error, run_edgevlm
 
     img = tmp_path / "p.png"
@@ -305,7 +305,7 @@ def test_cli_chat_answers_as_the_api_and_the_board_says_not_yet(model, bundle, t
                     "--max-tokens", NEW)  # fmt: skip
     assert r.returncode == 0 and r.stdout == expected + "\n"
     r = run_edgevlm("chat", "-m", bundle, "-p", "Hi", "--backend", "rk3588")
-    assert_one_line_error(r, "board runtime for Qwen2-VL", "--backend cpu")
+    assert_one_line_error(r, "no vision_rk3588 artifact", "export-rk3588")
 
 
 def test_max_pixels_bounds_tokens_as_transformers_does_with_that_bound(model, ref_model, tok, bundle):

@@ -102,10 +102,11 @@ def test_qwen2_vl_export_checks_its_static_392_form_in_the_simulator(rknn_python
     cfg = preset("qwen2-vl-tiny")
     ckpt = tmp_path / "ckpt"
     q.save_checkpoint(q.reference_model(cfg), cfg, ckpt)
-    (feeds,) = qwen2_vl.npu_inputs(cfg, picture(500, 300, 2))
+    (feeds,) = qwen2_vl.vision_inputs(cfg, qwen2_vl.npu_tiles(cfg, picture(500, 300, 2)))
     assert feeds["pixel_values"].shape == (784, 1176) and feeds["rope_cos"].shape == (784, 8)
     export.export_rk3588(ckpt, tmp_path / "bundle", log=lambda m: None)
     part = open_bundle(tmp_path / "bundle", hashes=True).parts["vision_rk3588"]
     print(f"Qwen2-VL 392 px NPU form, simulator vs ONNX Runtime fp32: {part.extra}")
     assert part.extra["simulator_cosine"] >= 0.999 and part.extra["simulator_token_cosine_min"] >= 0.99
     assert "float inputs" in part.extra["input"] and "392x392 image (784 rows)" in part.extra["input"]
+

@@ -1,28 +1,13 @@
 """The RKLLM 1.3.0 binding against a C library with the same ABI, compiled here."""
 
 import ctypes
-import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgevlm.rk3588 import rkllm
-from helpers import picture
-
-STUB = Path(__file__).parent / "native" / "rkllm_stub.c"
-
-
-def build_stub(folder: Path, version: str = "1.3.0") -> Path:
-    """The stand-in compiled as `folder/librkllmrt.so`, calling itself runtime `version`."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler to build the RKLLM stand-in library")
-    out = folder / "librkllmrt.so"
-    subprocess.run([cc, "-shared", "-fPIC", "-O1", f'-DSTUB_VERSION="{version}"', "-o", str(out), str(STUB)],
-                   check=True)  # fmt: skip
-    return out
+from helpers import build_stub, picture
 
 
 @pytest.fixture(scope="module")
@@ -376,3 +361,35 @@ def test_smolvlm2_on_the_board_sends_one_tile_per_image_with_its_tags(model, stu
     assert stub.stub_str(b"image_start").decode() == "<fake_token_around_image><global-img>"
     assert stub.stub_str(b"image_end").decode() == "<fake_token_around_image>"
     assert stub.stub_str(b"image_content").decode() == "<image>" and stub.stub_num(b"n_image_tokens") == 9
+
+
+@pytest.fixture(scope="module")
+def qwen_bundle(tmp_path_factory):
+    from edgevlm.convert import ConvertOptions, convert
+    from edgevlm.models import preset
+    from edgevlm.testing import qwen2vl as q
+
+    cfg, root = preset("qwen2-vl-tiny"), tmp_path_factory.mktemp("qwen2vl")
+    q.save_checkpoint(q.reference_model(cfg), cfg, root / "ckpt")
+    convert(root / "ckpt", root / "bundle", ConvertOptions(), log=lambda m: None)
+    return root / "bundle"
+
+
+def test_qwen2_vl_on_the_board_sends_its_fixed_392_image_with_its_tags(model, stub, qwen_bundle):
+    """As Rockchip's multimodal demo runs Qwen2-VL: a 392 x 392 image (196 tokens; RKLLM lays out the
+    M-RoPE positions from that width and height), tags <|vision_start|> <|image_pad|> <|vision_end|>.
+    The .rknn takes the family's float inputs (patches and rotary tables), made on the host."""
+    from edgevlm.bundle import open_bundle
+
+    hidden = open_bundle(qwen_bundle).model.text.hidden_size
+    runtime = FakeRknn(rows=196, width=hidden)
+    session = board_engine(qwen_bundle, model, runtime).session()
+    session.chat("Describe <|image_pad|> this.", [picture(500, 300)])
+    assert runtime.calls == [((784, 1176), np.float32, "nhwc")]  # the patches of 392 x 392 (and the rotary tables)
+    assert stub.stub_num(b"n_image") == 1 and stub.stub_num(b"n_image_tokens") == 196
+    assert stub.stub_num(b"image_width") == 392 and stub.stub_num(b"image_height") == 392
+    assert stub.stub_str(b"image_start") == b"<|vision_start|>" and stub.stub_str(b"image_end") == b"<|vision_end|>"
+    assert stub.stub_str(b"image_content") == b"<|image_pad|>"
+    assert stub.stub_str(b"prompt").decode() == "<image>Describe <\u200b|image_pad|> this."
+    assert stub.stub_str(b"prefix") == b"<|im_start|>user\n"
+    assert stub.stub_str(b"postfix") == b"<|im_end|>\n<|im_start|>assistant\n"

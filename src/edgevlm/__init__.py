@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,12 +16,18 @@ if TYPE_CHECKING:
 def load(path: str | Path, *, threads: int | None = None, verify: bool = False, backend: str = "auto") -> Engine:
     """Open a bundle made by `edgevlm convert`: on the CPU (ONNX Runtime), or with backend="rk3588"
     (and "auto" on an RK3588 whose NPU libraries load) on the NPU, from its `export-rk3588` artifacts.
-    Either engine answers `.chat(...)`, `.session(...)` and `.stream(...)` alike."""
+    Either engine answers `.chat(...)`, `.session(...)` and `.stream(...)` alike. On an RK3588 whose NPU
+    stack is incomplete, "auto" says why in one line (a warning on the `edgevlm` logger) and uses the CPU."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    from .rk3588 import on_rk3588_board
+    if backend == "auto":
+        from .doctor import examine
 
-    if backend == "rk3588" or (backend == "auto" and on_rk3588_board()):
+        report = examine(path)
+        if report.rk3588 and report.backend == "cpu":
+            logging.getLogger("edgevlm").warning("edgevlm: --backend auto uses the CPU: %s", report.reason)
+        backend = report.backend
+    if backend == "rk3588":
         from .rk3588.board import load_board
 
         return load_board(path)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, models
+from .atomic import write_text_atomic
 from .config import ConfigError, is_whole
 
 FORMAT = "edgevlm-bundle"
@@ -163,7 +164,7 @@ def file_entries(folder: Path) -> dict[str, dict[str, Any]]:
 def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
     """Record every file of `folder` in the manifest and write it."""
     manifest = dataclasses.replace(manifest, files=file_entries(folder))
-    (folder / MANIFEST).write_text(json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    write_text_atomic(folder / MANIFEST, json.dumps(manifest.to_dict(), indent=2, ensure_ascii=False) + "\n")
     return manifest
 
 

@@ -207,6 +207,23 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="report the CPU, memory, board, NPU driver and libraries, and the backend "
+                                      "--backend auto would pick (and why)")  # fmt: skip
+    p.add_argument("-m", "--model", type=Path, default=None, help="bundle to decide the backend for")
+    p.add_argument("--json", action="store_true", help="the report as JSON")
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from .doctor import examine
+
+    report = examine(args.model)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else "\n".join(report.lines()))
+    return 0
+
+
 # name -> (add the subparser, run it)
 COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]] = {
     "convert": (_add_convert, _convert),
@@ -216,6 +233,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable
     "serve": (_add_serve, _serve),
     "export-rk3588": (_add_export, _export),
     "info": (_add_info, _info),
+    "doctor": (_add_doctor, _doctor),
 }
 
 

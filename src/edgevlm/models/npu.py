@@ -12,16 +12,17 @@ import numpy as np
 @dataclass(frozen=True)
 class NpuVision:
     """How a family's vision encoder runs on the NPU: the static graph's batch, the side of the image one
-    run sees, and what it is fed: a uint8 image (mean/std folded into the .rknn) when `inputs` is None,
-    else the float inputs `inputs(image)` prepares on the host (patches, rotary tables)."""
+    run sees, and what it is fed: a uint8 image (mean/std folded into the .rknn) when `tiles` is None,
+    else the family's float `vision_inputs` of `tiles(image)`, the image at the graph's fixed size
+    prepared on the host (patches, rotary tables)."""
 
     batch: int
     side: int
-    inputs: Callable[[Any], list[dict[str, np.ndarray]]] | None = None
+    tiles: Callable[[Any], Any] | None = None
 
     @property
     def description(self) -> str:
-        if self.inputs is None:
+        if self.tiles is None:
             return f"uint8 NHWC [1,{self.side},{self.side},3], the model's mean/std inside"
         return f"float inputs prepared on the host for a {self.side}x{self.side} image ({self.batch} rows)"
 

@@ -197,10 +197,7 @@ PARSERS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], ModelConfig]
     "Qwen2VLForConditionalGeneration": _parse_any,
 }
 MODEL_TYPES = {"qwen2_vl": "Qwen2VLForConditionalGeneration"}
-NOT_YET: dict[str, str] = {  # command -> why it cannot take this family yet
-    "board": "the board runtime for Qwen2-VL (its vision encoder's float inputs on RKNN-Lite, M-RoPE in RKLLM) "
-             "comes in a later version of edgevlm; use --backend cpu",
-}
+NOT_YET: dict[str, str] = {}  # command -> why it cannot take this family yet
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,12 +427,12 @@ def vision_inputs(cfg: ModelConfig, tiles: Tiles) -> list[dict[str, np.ndarray]]
 NPU_SIDE = 392  # the board demo's fixed resolution: 28 x 28 patches, 196 image tokens
 
 
-def npu_inputs(cfg: ModelConfig, image: Image.Image) -> list[dict[str, np.ndarray]]:
-    """The static NPU form's feeds for an image: resized to the fixed 392 x 392 (its patch count is the
-    graph's), with the rotary tables of that grid."""
+def npu_tiles(cfg: ModelConfig, image: Image.Image) -> Tiles:
+    """An image as the static NPU form takes it: resized to the fixed 392 x 392 (its patch count is the
+    graph's); its feeds are `vision_inputs` of these, with the rotary tables of that grid."""
     side = NPU_SIDE
     fixed = replace(tiling(cfg, 1, 1), min_pixels=side * side, max_pixels=side * side)
-    return vision_inputs(cfg, fixed.patch_image(image.resize((side, side), fixed.resample)))
+    return fixed.patch_image(image.convert("RGB").resize((side, side), fixed.resample))
 
 
 def npu_patches(cfg: ModelConfig) -> int:
@@ -445,7 +442,7 @@ def npu_patches(cfg: ModelConfig) -> int:
 
 def npu_vision(cfg: ModelConfig) -> NpuVision:
     """On the NPU: one 392 x 392 image per run, as float patches and rotary tables made on the host."""
-    return NpuVision(batch=npu_patches(cfg), side=NPU_SIDE, inputs=lambda image: npu_inputs(cfg, image))
+    return NpuVision(batch=npu_patches(cfg), side=NPU_SIDE, tiles=lambda image: npu_tiles(cfg, image))
 
 
 def build_vision_graph(get: Callable[[str], Any], cfg: ModelConfig, path: Any, spec: Any) -> Any:

@@ -16,6 +16,7 @@ would otherwise read them as control tokens.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import queue
 import re
 import threading
@@ -23,13 +24,14 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .. import models
 from ..bundle import Manifest
-from ..engine import BundleEngine, Conversation, EncodedImage, TurnStats, load_prompt, tiling_of, without_lead
-from ..image import DEFAULT_MAX_PIXELS, ImageSource
+from ..engine import BundleEngine, Conversation, EncodedImage, TurnStats, load_prompt, without_lead
+from ..image import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from ..prompt import TEMPLATE, ImageLayout, PromptEncoder, PromptFormat, Turn
 from ..runtime.generate import GenerationStats, StreamChunk
 from ..runtime.sampling import SamplingParams
@@ -100,6 +102,8 @@ class BoardModel(BundleEngine):
         self.vision, self.llm = vision, llm
         self.load_times = load_times or {"llm": 0.0, "vision": 0.0}
         self.keep_history = keep_history
+        self.family = models.family(manifest.model.family)
+        self.form = self.family.npu_vision(manifest.model)  # the .rknn's fixed input
         self.held: str | None = None  # with keep_history: the conversation RKLLM's cache holds (full form)
 
     def close(self) -> None:
@@ -115,7 +119,11 @@ class BoardModel(BundleEngine):
     def encode_image(self, source: ImageSource, *, max_tiles: int | None = None, max_pixels: int | None = None,
                      decode_limit: int = DEFAULT_MAX_PIXELS) -> EncodedImage:  # fmt: skip
         """As the CPU does, except that RKLLM takes each image as one start/content/end block: a family
-        whose tiles are laid out otherwise (SmolVLM2's row/column tags) gets one tile per image."""
+        whose tiles are laid out otherwise (SmolVLM2's row/column tags) gets one tile per image; and a
+        family whose .rknn takes float inputs (Qwen2-VL) gets its fixed size (max_pixels does not apply)."""
+        if self.form.tiles is not None:
+            tiles = self.form.tiles(load_image(source, max_pixels=decode_limit))
+            return EncodedImage(tiles, hashlib.sha1(tiles.pixels.tobytes()).hexdigest())
         f = self.prompt.format
         several = f.image_text(ImageLayout(3, (2, 1)))  # two tiles and a whole-image one
         one_block = several == f.image_start + f.image_token * several.count(f.image_token) + f.image_end
@@ -139,9 +147,15 @@ class BoardModel(BundleEngine):
         width = self.vision.shape[1]  # type: ignore[attr-defined]
         for img in images:
             if img.features is None:
-                img.features = self.vision.encode(img.tiles.pixels).reshape(-1, width)  # type: ignore[attr-defined]
+                img.features = self._encode(img).reshape(-1, width)
         stats.vision_ms = (time.perf_counter() - start) * 1000
         return np.stack([img.features for img in images])
+
+    def _encode(self, img: EncodedImage) -> np.ndarray:
+        v: Any = self.vision
+        if self.form.tiles is None:
+            return v.encode(img.tiles.pixels)
+        return np.concatenate([v.run(feeds) for feeds in self.family.vision_inputs(self.manifest.model, img.tiles)])
 
     def stream(self, conversation: Conversation, params: SamplingParams, stats: TurnStats, *,
                shared: bool = False) -> Iterator[StreamChunk]:  # fmt: skip
@@ -181,10 +195,10 @@ class BoardModel(BundleEngine):
             return not stop.is_set()
 
         def run() -> None:
-            f, tile = self.prompt.format, tiling_of(self.manifest).tile
+            f, side = self.prompt.format, self.form.side
             try:
                 perf.append(self.llm.run(text, on_text, images=features, keep_history=self.keep_history,
-                                         max_new_tokens=params.max_tokens, image_size=(tile, tile),
+                                         max_new_tokens=params.max_tokens, image_size=(side, side),
                                          image_tokens=(f.image_start, f.image_end, f.image_token)))  # fmt: skip
             except Exception as e:  # handed to the reader
                 pieces.put(e)

@@ -6,7 +6,8 @@ NHWC pixels. The same build runs in Rockchip's x86 simulator on a test tile and 
 Runtime fp32 with cosine >= 0.999, or nothing is recorded.
 
 LLM: `.rkllm` files come from Rockchip's rkllm-toolkit (not on any registry reachable here). When
-it is importable the conversion runs; otherwise a ready recipe is written beside the bundle.
+it is importable the conversion runs; otherwise a ready recipe is written beside the bundle, with
+its calibration prompts (the model's chat template) and rkllm-toolkit's context limits checked first.
 """
 
 from __future__ import annotations
@@ -24,18 +25,30 @@ from typing import Any
 import numpy as np
 
 from .. import models
-from ..bundle import Part, open_bundle, write_manifest
+from ..atomic import write_text_atomic
+from ..bundle import Manifest, Part, open_bundle, write_manifest
 from ..checkpoint import open_checkpoint
 from ..convert import ConvertError, ConvertOptions, convert, resolve_source
+from ..engine import load_prompt
 from ..graphs.vision import VisionGraphSpec
 from ..image import normalize
 from ..models.npu import NpuVision
+from ..prompt import PromptEncoder, Turn
 from ..runtime.vision import OrtVisionEncoder
 
 TARGETS = ("rk3588", "rk3576", "rk3562")
 MIN_COSINE = 0.999
 RKNN_FILE = "vision.{target}.rknn"
 RECIPE_FILE = "llm_rkllm_recipe.py"
+CALIBRATION_FILE = "llm_rkllm_calibration.json"
+MAX_RKLLM_CONTEXT = 16384  # rkllm-toolkit 1.3.0's limit; its max_context is also a multiple of 32
+# Calibration prompts for the w8a8 activation ranges: the questions users ask, in the model's template.
+CALIBRATION_QUESTIONS = (
+    "Describe the image.", "What do I need to make this?", "What is written on the sign?",
+    "How many people are in the picture, and what are they doing?", "这张图片中有什么？",
+    "Explain, step by step, how a bicycle gear works.", "Write a short poem about the sea.",
+    "What is the capital of France, and why is it famous?",
+)  # fmt: skip
 
 
 class ExportError(ValueError):
@@ -83,7 +96,7 @@ def export_vision(ck_dir: Path, out: Path, target: str, log: Callable[[str], Non
         target_file = out / RKNN_FILE.format(target=target)
         cmd = [str(rknn_python()), str(Path(__file__).with_name("rknn_build.py")), "--onnx", str(onnx_path),
                "--out", str(work / target_file.name), "--target", target, "--ref", str(work / "ref.npy"),
-               *_probe(form, cfg, onnx_path, work)]  # fmt: skip
+               *_probe(form, ck.family, cfg, onnx_path, work)]  # fmt: skip
         log(f"building {target_file.name} with rknn-toolkit2 and checking it in the simulator ...")
         run = subprocess.run(cmd, capture_output=True, text=True, cwd=work)  # the toolkit litters its cwd
         lines = [ln for ln in run.stdout.splitlines() if ln.startswith("{")]
@@ -100,20 +113,20 @@ def export_vision(ck_dir: Path, out: Path, target: str, log: Callable[[str], Non
     return check
 
 
-def _probe(form: NpuVision, cfg: Any, onnx_path: Path, work: Path) -> list[str]:
+def _probe(form: NpuVision, family: Any, cfg: Any, onnx_path: Path, work: Path) -> list[str]:
     """Write a probe picture's inputs and ONNX Runtime's fp32 features of it (ref.npy) into `work`; the
     arguments that hand them to rknn_build.py."""
     from PIL import Image
 
     picture = probe_tile(form.side)
-    if form.inputs is None:  # a uint8 image, the model's mean/std folded into the .rknn
+    if form.tiles is None:  # a uint8 image, the model's mean/std folded into the .rknn
         norm = (cfg.image_mean, cfg.image_std)
         ref = OrtVisionEncoder(onnx_path, cache=False).encode(normalize(Image.fromarray(picture), norm)[None])[0]
         np.save(work / "tile.npy", picture)
         np.save(work / "ref.npy", ref)
         return ["--tile", str(work / "tile.npy"), "--mean", ",".join(map(str, norm[0])),
                 "--std", ",".join(map(str, norm[1]))]  # fmt: skip
-    (feeds,) = form.inputs(Image.fromarray(picture))
+    (feeds,) = family.vision_inputs(cfg, form.tiles(Image.fromarray(picture)))
     np.save(work / "ref.npy", OrtVisionEncoder(onnx_path, cache=False).run(feeds))
     np.savez(work / "feeds.npz", *feeds.values())  # in the graph's input order
     return ["--feeds", str(work / "feeds.npz")]
@@ -131,26 +144,50 @@ gives RKLLM this model's image tags: start {start!r}, end {end!r}, content {cont
 
 from rkllm.api import RKLLM
 
+import json
+import os
+
+calibration = os.path.join(os.path.dirname(os.path.abspath(__file__)), {calibration!r})
+assert json.load(open(calibration, encoding="utf-8")), "no calibration prompts in " + calibration
+assert {context} % 32 == 0 and {context} <= {max_context}, "max_context must be a multiple of 32, at most {max_context}"
 llm = RKLLM()
 assert llm.load_huggingface(model={checkpoint!r}, device="cpu") == 0, "load failed"
-assert llm.build(do_quantization=True, optimization_level=1, quantized_dtype="w8a8",
-                 target_platform={target!r}, num_npu_core=3, max_context={context}) == 0, "build failed"
+assert llm.build(do_quantization=True, optimization_level=1, quantized_dtype="w8a8", quantized_algorithm="normal",
+                 target_platform={target!r}, num_npu_core=3, max_context={context},
+                 dataset=calibration) == 0, "build failed"
 assert llm.export_rkllm({out!r}) == 0, "export failed"
 print("wrote", {out!r})
 '''
 
 
-def export_llm(ck_dir: Path, out: Path, target: str, context: int, log: Callable[[str], None]) -> Path | None:
-    """Run rkllm-toolkit when importable; otherwise write its recipe. Returns the .rkllm if made."""
+def check_context(context: int) -> None:
+    """rkllm-toolkit's limits on max_context, checked before anything runs."""
+    if context % 32 or not 32 <= context <= MAX_RKLLM_CONTEXT:
+        raise ExportError(f"the bundle's context of {context} tokens cannot be built by rkllm-toolkit: it needs a "
+                          f"multiple of 32 from 32 to {MAX_RKLLM_CONTEXT} (convert with --context)")  # fmt: skip
+
+
+def calibration_prompts(encoder: PromptEncoder) -> list[dict[str, str]]:
+    """rkllm-toolkit's calibration dataset: each question rendered in the model's chat template."""
+    rendered = ("".join(str(text) for _, text in encoder.render([Turn(q)], None).items) for q in CALIBRATION_QUESTIONS)
+    return [{"input": text, "target": ""} for text in rendered]
+
+
+def export_llm(ck_dir: Path, out: Path, target: str, manifest: Manifest, log: Callable[[str], None]) -> Path | None:
+    """Run rkllm-toolkit when importable; otherwise write its recipe (and its calibration prompts). Returns
+    the .rkllm if made."""
+    check_context(manifest.context_length)
     rkllm_out = out / f"llm.{target}.rkllm"
     recipe = out / RECIPE_FILE
+    encoder = load_prompt(out, manifest)
+    write_text_atomic(out / CALIBRATION_FILE, json.dumps(calibration_prompts(encoder), ensure_ascii=False, indent=1))
     # rkllm-toolkit loads the language model part of a vision-language checkpoint itself.
-    cfg = open_checkpoint(ck_dir).config
-    fmt = models.family(cfg.family).prompt_format(cfg)
-    text = RECIPE.format(target=target, checkpoint=str(ck_dir.resolve()), context=context, label=cfg.label,
-                         out=str(rkllm_out.resolve()), out_name=rkllm_out.name, recipe=recipe.name,
-                         start=fmt.image_start, end=fmt.image_end, content=fmt.image_token)  # fmt: skip
-    recipe.write_text(text)
+    fmt, cfg = encoder.format, manifest.model
+    text = RECIPE.format(target=target, checkpoint=str(ck_dir.resolve()), context=manifest.context_length,
+                         label=cfg.label, out=str(rkllm_out.resolve()), out_name=rkllm_out.name, recipe=recipe.name,
+                         calibration=CALIBRATION_FILE, max_context=MAX_RKLLM_CONTEXT, start=fmt.image_start,
+                         end=fmt.image_end, content=fmt.image_token)  # fmt: skip
+    write_text_atomic(recipe, text)
     try:
         import rkllm.api  # noqa: F401
     except ImportError:
@@ -176,8 +213,9 @@ def export_rk3588(src: str | Path, out: str | Path, *, target: str = "rk3588",
             raise ConvertError(f"{out} exists and is not a bundle")
         convert(ck_dir, out, ConvertOptions(force=out.exists()), log=log)
     manifest = open_bundle(out)
+    check_context(manifest.context_length)  # before the long vision build
     check = export_vision(ck_dir, out, target, log)
-    rkllm_file = export_llm(ck_dir, out, target, manifest.context_length, log)
+    rkllm_file = export_llm(ck_dir, out, target, manifest, log)
     parts, form = dict(manifest.parts), models.family(manifest.model.family).npu_vision(manifest.model)
     parts[f"vision_{target}"] = Part(RKNN_FILE.format(target=target), "fp16", {
         "target": target, "input": form.description,

@@ -64,6 +64,13 @@ class RknnVisionEncoder:
             out.append(np.asarray(result[0], dtype=np.float32).reshape(self.shape))
         return np.stack(out)
 
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One run on float inputs a family prepared (its `vision_inputs`, in the graph's input order)."""
+        result = self.runtime.inference(inputs=[np.ascontiguousarray(v, dtype=np.float32) for v in feeds.values()])
+        if result is None:
+            raise RknnError("RKNN inference failed")
+        return np.asarray(result[0], dtype=np.float32).reshape(-1, self.shape[1])
+
     def close(self) -> None:
         if self._owner is not None:
             self._owner.release()
