@@ -1,7 +1,9 @@
 """The RKLLM 1.3.0 binding against a C library with the same ABI, compiled here."""
 
 import ctypes
+import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,24 +35,51 @@ def model(lib_path):
     m.close()
 
 
+def real_header() -> Path | None:
+    """Rockchip's rkllm.h: RKLLM_HEADER, or where a board's runtime package puts it."""
+    import os
+
+    for candidate in (os.environ.get("RKLLM_HEADER"), "/usr/include/rkllm.h", "/usr/local/include/rkllm.h"):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="module", params=["stand-in", "rkllm.h"])
+def layout(request, stub, tmp_path_factory):
+    """The C layout facts of the stand-in's declarations, and of Rockchip's real header when there is one."""
+    if request.param == "stand-in":
+        return stub
+    header, cxx = real_header(), shutil.which("c++") or shutil.which("g++")
+    if header is None or cxx is None:
+        pytest.skip("needs Rockchip's rkllm.h (RKLLM_HEADER, or /usr/include/rkllm.h on a board) and a C++ compiler")
+    out = tmp_path_factory.mktemp("abi") / "abi_probe.so"
+    native = Path(__file__).parent / "native"
+    subprocess.run([cxx, "-shared", "-fPIC", f"-I{header.parent}", f"-I{native}", "-o", str(out),
+                    str(native / "abi_probe.cpp")], check=True)  # fmt: skip
+    lib = ctypes.CDLL(str(out))
+    lib.stub_sizeof.restype = lib.stub_offsetof.restype = ctypes.c_size_t
+    lib.stub_sizeof.argtypes = lib.stub_offsetof.argtypes = [ctypes.c_char_p]
+    return lib
+
+
 @pytest.mark.parametrize(
     "name", ["Param", "ExtendParam", "Result", "Input", "MultimodalInput", "ImageInput", "InferParam", "Callbacks",
              "PerfStat"],
 )  # fmt: skip
-def test_struct_sizes_match_the_c_abi(stub, name):
-    assert ctypes.sizeof(getattr(rkllm, name)) == stub.stub_sizeof(name.encode())
+def test_struct_sizes_match_the_c_abi(layout, name):
+    assert ctypes.sizeof(getattr(rkllm, name)) == layout.stub_sizeof(name.encode())
 
 
 @pytest.mark.parametrize(
-    ("struct", "field", "c_name"),
-    [("Param", "extend_param", None), ("Param", "skip_special_token", None), ("Param", "top_p", None),
-     ("Result", "perf", None), ("Result", "token_id", None), ("Input", "input_type", None),
-     ("Input", "input_data", None), ("ImageInput", "image_width", None), ("MultimodalInput", "video", None),
-     ("InferParam", "keep_history", None), ("InferParam", "max_new_tokens", None), ("ExtendParam", "reserved", None)],
+    ("struct", "field"),
+    [("Param", "extend_param"), ("Param", "skip_special_token"), ("Param", "top_p"), ("Result", "perf"),
+     ("Result", "token_id"), ("Input", "input_type"), ("Input", "input_data"), ("ImageInput", "image_width"),
+     ("MultimodalInput", "video"), ("InferParam", "keep_history"), ("InferParam", "max_new_tokens"),
+     ("ExtendParam", "reserved")],
 )  # fmt: skip
-def test_field_offsets_match_the_c_abi(stub, struct, field, c_name):
-    offset = getattr(rkllm, struct)
-    assert getattr(offset, field).offset == stub.stub_offsetof(f"{struct}.{field}".encode())
+def test_field_offsets_match_the_c_abi(layout, struct, field):
+    assert getattr(getattr(rkllm, struct), field).offset == layout.stub_offsetof(f"{struct}.{field}".encode())
 
 
 def test_init_passes_parameters(model, stub):
@@ -393,3 +422,36 @@ def test_qwen2_vl_on_the_board_sends_its_fixed_392_image_with_its_tags(model, st
     assert stub.stub_str(b"prompt").decode() == "<image>Describe <\u200b|image_pad|> this."
     assert stub.stub_str(b"prefix") == b"<|im_start|>user\n"
     assert stub.stub_str(b"postfix") == b"<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_board_check_runs_every_path_on_the_stand_in(model, stub, board_bundle):
+    from edgevlm.rk3588.board_check import CHECKS, report, run_checks
+
+    checks = run_checks(board_engine(board_bundle, model, FakeRknn()), picture(320, 240))
+    assert [c.name for c in checks] == list(CHECKS) and all(c.ok for c in checks), checks
+    text = report(["CPU: test"], checks)
+    assert "| Chinese answer | ok |" in text and "你好" in text and "CPU: test" in text
+
+
+def test_board_check_reports_a_board_that_cannot_load(tiny_bundle, tmp_path, capsys):
+    from edgevlm.rk3588.board_check import main
+
+    out = tmp_path / "report.md"
+    assert main([str(tiny_bundle), "--out", str(out)]) == 1
+    text = out.read_text(encoding="utf-8")
+    assert "| load | FAILED |" in text and "has no vision_rk3588 artifact" in text
+    assert "--backend auto: cpu (not an RK3588 board)" in text
+
+
+@pytest.mark.parametrize("keep_history", [False, True])
+def test_a_conversation_with_fewer_images_than_slots_is_refused(model, stub, board_bundle, keep_history):
+    from edgevlm.engine import Conversation, TurnStats
+    from edgevlm.prompt import ImageLayout, Turn
+    from edgevlm.runtime.sampling import SamplingParams
+
+    board = board_engine(board_bundle, model, FakeRknn(), keep_history=keep_history)
+    runs = stub.stub_num(b"runs")
+    two = Conversation([Turn("A?", (ImageLayout(1),), answer="a"), Turn("B?", (ImageLayout(1),))], [])
+    with pytest.raises(ValueError, match="2 image slots but 0 images"):
+        board.stream(two, SamplingParams(), TurnStats())
+    assert stub.stub_num(b"runs") == runs  # nothing reached RKLLM

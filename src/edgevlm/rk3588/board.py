@@ -162,16 +162,16 @@ class BoardModel(BundleEngine):
         """Stream RKLLM's answer to a conversation. (With keep_history the cache is re-used only when the
         conversation continues the whole of what it holds, so nothing of another client's prompt shows.)"""
         turn = rkllm_turn(self.prompt, conversation.turns, conversation.system)
-        text = turn.text
-        held = self.held if self.keep_history else None
-        if held is not None and turn.full.startswith(held + turn.prefix):
+        text, held = turn.text, self.held if self.keep_history else None
+        reused = held is not None and turn.full.startswith(held + turn.prefix)
+        if reused:
             text = turn.full[len(held) + len(turn.prefix) : len(turn.full) - len(turn.postfix)]  # the new turn only
         elif self.keep_history:
             self.llm.clear_kv_cache()
         self.held = None  # until this run ends by the model's own stop
         images = conversation.images
         n_new = text.count(IMAGE_PLACEHOLDER)
-        if n_new > len(images):
+        if n_new > len(images) or (not reused and n_new != len(images)):  # every slot sent has its image
             raise ValueError(f"the conversation has {n_new} image slots but {len(images)} images")
         stats.images, stats.tiles = len(images), sum(img.tiles.count for img in images)
         stats.prompt_tokens = self.count_tokens(conversation)
