@@ -169,6 +169,7 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def bench(opts: BenchOptions) -> dict[str, Any]:
+    from .doctor import host
     from .engine import tiling_of
 
     manifest = open_bundle(opts.bundle)
@@ -182,6 +183,7 @@ def bench(opts: BenchOptions) -> dict[str, Any]:
         question_tokens=opts.prompt_tokens, threads=opts.threads or default_threads(), runs=opts.runs,
         page_cache_dropped=bool(samples[0]["page_cache_dropped"]), samples=samples,
         model=models.preset_name(manifest.model), board_demo=BOARD_DEMO.get(models.preset_name(manifest.model) or ""),
+        host=host(),  # speed at the compute-bound stages follows the instruction sets
     )  # fmt: skip
     return result
 
@@ -217,6 +219,10 @@ def format_table(r: dict[str, Any]) -> str:
                    f"{m('decode_of_ceiling', '{:.0%}')} of it reached")  # fmt: skip
     if not r["page_cache_dropped"]:
         footer += "\nnote: the page cache could not be dropped; cold = warm here."
+    if "host" in r:
+        from .doctor import describe_host
+
+        footer += f"\nhost: {describe_host(r['host'])}"
     stage_head = ["| stage | median | min | max |", "|---|---|---|---|"]
     return "\n".join([head, rule, ours, *board, "", *stage_head, *rows, "", footer])
 

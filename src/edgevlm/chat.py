@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from .feature_cache import DEFAULT_IMAGE_CACHE_MB
 from .image import ImageError
 from .prompt import is_text
 from .runtime.decoder import ContextOverflow
@@ -28,6 +29,7 @@ class ChatOptions:
     stats: bool = False
     threads: int | None = None
     backend: str = "auto"  # auto, cpu or rk3588
+    image_cache_mb: float = DEFAULT_IMAGE_CACHE_MB
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
 
@@ -73,6 +75,7 @@ def open_session(opts: ChatOptions) -> ChatSession:
     from . import load
 
     model = load(opts.bundle, threads=opts.threads, backend=opts.backend)
+    model.image_cache.resize(opts.image_cache_mb)
     return model.session(opts.system, max_tiles=opts.max_tiles, max_pixels=opts.max_pixels)
 
 

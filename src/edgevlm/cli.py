@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import BACKENDS, __version__
+from .feature_cache import DEFAULT_IMAGE_CACHE_MB
 from .runtime.sampling import SamplingParams
 
 
@@ -121,6 +122,8 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
                    help="resize each image to at most this area in pixels, which bounds its tokens (Qwen2-VL: one "
                         "token per 28x28 px, e.g. 401408 for 512 tokens; tile models: that many tiles' area)")
     p.add_argument("--threads", type=_number(int, "--threads", 1), default=None)
+    p.add_argument("--image-cache-mb", type=_number(float, "--image-cache-mb", 0, 65536),
+                   default=DEFAULT_IMAGE_CACHE_MB, help="memory for the features of images seen before (0: none)")
     p.add_argument("--stats", action="store_true", help="print timings to stderr")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="cpu (ONNX Runtime) or rk3588 (NPU: RKNN-Lite + RKLLM); auto picks rk3588 on a board")
@@ -141,7 +144,7 @@ def _chat(args: argparse.Namespace) -> int:
                               max_tokens=args.max_tokens)  # fmt: skip
     opts = ChatOptions(bundle=args.model, images=tuple(args.image), prompt=args.prompt, system=args.system,
                        max_tiles=args.max_tiles, max_pixels=args.max_pixels, stats=args.stats, threads=args.threads,
-                       backend=args.backend, sampling=sampling)  # fmt: skip
+                       backend=args.backend, image_cache_mb=args.image_cache_mb, sampling=sampling)  # fmt: skip
     return run_chat(opts)
 
 

@@ -77,6 +77,19 @@ def _cpu(root: Path) -> tuple[str, list[str]]:
     return name or "unknown", [label for flag, label in ISA_FLAGS.items() if flag in flags]
 
 
+def host(root: str | Path = "/") -> dict[str, object]:
+    """The CPU, its int8 instruction sets and ONNX Runtime's version: what speed figures depend on."""
+    import onnxruntime
+
+    cpu, isa = _cpu(Path(root))
+    return {"cpu": cpu, "arch": platform.machine(), "instruction_sets": isa, "onnxruntime": onnxruntime.__version__}
+
+
+def describe_host(h: dict[str, object]) -> str:
+    isa = ", ".join(h["instruction_sets"]) or "no int8 dot-product instructions"  # type: ignore[arg-type]
+    return f"{h['cpu']} ({h['arch']}); {isa}; ONNX Runtime {h['onnxruntime']}"
+
+
 def _memory(root: Path) -> tuple[int, int]:
     info = dict(line.split(":", 1) for line in (_read(root / "proc/meminfo") or "").splitlines() if ":" in line)
     mb = {k: int(v.split()[0]) // 1024 for k, v in info.items() if v.split() and v.split()[0].isdigit()}

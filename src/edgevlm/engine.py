@@ -10,6 +10,7 @@ this interface.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,6 +22,7 @@ from tokenizers import Tokenizer
 
 from . import models
 from .bundle import BundleError, Manifest
+from .feature_cache import FeatureCache
 from .image import DEFAULT_MAX_PIXELS, ImageProcessor, ImageSource, Tiles
 from .prompt import PromptEncoder, Turn
 from .runtime.generate import GenerationStats, StreamChunk
@@ -161,7 +163,18 @@ class BundleEngine:
         at most `max_pixels`, which bound its tokens; images over `decode_limit` pixels are refused
         (features are computed when first needed)."""
         tiles = tiling_of(self.manifest).capped(max_tiles, max_pixels).load(source, max_pixels=decode_limit)
-        return EncodedImage(tiles, hashlib.sha1(tiles.pixels.tobytes()).hexdigest())
+        return self.encoded(tiles)
+
+    @functools.cached_property
+    def image_cache(self) -> FeatureCache:
+        """Features of images seen before, across sessions and requests (`image_cache.resize(mb)` bounds it)."""
+        return FeatureCache()
+
+    def encoded(self, tiles: Tiles) -> EncodedImage:
+        """Tiles with their identity (pixels, shape and grid: a uniform picture's tiles can repeat), and
+        their features when this engine has seen them before."""
+        digest = hashlib.sha1(tiles.pixels.tobytes() + repr((tiles.pixels.shape, tiles.grid)).encode()).hexdigest()
+        return EncodedImage(tiles, digest, self.image_cache.get(digest))
 
     def session(self, system: str | None = None, *, max_tiles: int | None = None,
                 max_pixels: int | None = None) -> ChatSession:  # fmt: skip

@@ -99,6 +99,7 @@ class VLM(BundleEngine):
             runs = [self.vision.run(feeds) for feeds in self._family.vision_inputs(self.config, image.tiles)]
             image.features = np.concatenate(runs).reshape(-1, self.config.text.hidden_size)
             stats.vision_ms += (time.perf_counter() - start) * 1000
+            self.image_cache.put(image.digest, image.features)
         return image.features
 
     def _keys(self, ids: Sequence[int], images: Sequence[EncodedImage]) -> list[object]:

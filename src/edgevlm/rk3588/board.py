@@ -16,7 +16,6 @@ would otherwise read them as control tokens.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import queue
 import re
 import threading
@@ -122,8 +121,7 @@ class BoardModel(BundleEngine):
         whose tiles are laid out otherwise (SmolVLM2's row/column tags) gets one tile per image; and a
         family whose .rknn takes float inputs (Qwen2-VL) gets its fixed size (max_pixels does not apply)."""
         if self.form.tiles is not None:
-            tiles = self.form.tiles(load_image(source, max_pixels=decode_limit))
-            return EncodedImage(tiles, hashlib.sha1(tiles.pixels.tobytes()).hexdigest())
+            return self.encoded(self.form.tiles(load_image(source, max_pixels=decode_limit)))
         f = self.prompt.format
         several = f.image_text(ImageLayout(3, (2, 1)))  # two tiles and a whole-image one
         one_block = several == f.image_start + f.image_token * several.count(f.image_token) + f.image_end
@@ -148,6 +146,7 @@ class BoardModel(BundleEngine):
         for img in images:
             if img.features is None:
                 img.features = self._encode(img).reshape(-1, width)
+                self.image_cache.put(img.digest, img.features)
         stats.vision_ms = (time.perf_counter() - start) * 1000
         return np.stack([img.features for img in images])
 

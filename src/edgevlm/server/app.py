@@ -385,6 +385,7 @@ def create_app(settings: ServerSettings, model: Engine | None = None) -> Starlet
         from .. import load
 
         model = load(settings.model, threads=settings.threads, backend=settings.backend)
+    model.image_cache.resize(settings.image_cache_mb)
     server = Server(model, settings)
     routes = [
         Route("/health", server.health, methods=["GET"]),

@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .. import BACKENDS
+from ..feature_cache import DEFAULT_IMAGE_CACHE_MB
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class ServerSettings:
     max_request_chars: int = 200_000  # text of all messages of one request
     threads: int | None = None
     backend: str = "auto"  # auto, cpu or rk3588
+    image_cache_mb: float = DEFAULT_IMAGE_CACHE_MB  # features of images seen before, kept across requests
 
     def __post_init__(self) -> None:
         for name, (low, high) in BOUNDS.items():
@@ -46,7 +48,7 @@ BOUNDS = {
     "max_image_pixels": (1, 2**31), "max_tiles": (1, 64), "max_pixels": (1, 2**31),
     "remote_image_max_mb": (0.001, 4096),
     "remote_image_timeout": (0.1, 3600), "max_message_chars": (1, 10**8), "max_request_chars": (1, 10**8),
-    "threads": (1, 1024),
+    "threads": (1, 1024), "image_cache_mb": (0, 65536),
 }  # fmt: skip
 
 
@@ -62,6 +64,7 @@ HELP = {
     "allow_private_image_hosts": "let remote image URLs reach loopback, private and link-local addresses",
     "max_message_chars": "characters of text in one message", "max_request_chars": "characters of text per request",
     "threads": "ONNX Runtime threads", "backend": "auto, cpu (ONNX Runtime) or rk3588 (NPU)",
+    "image_cache_mb": "memory for the features of images seen before (0: none); a repeated image costs no vision time",
 }  # fmt: skip
 
 
