@@ -32,9 +32,11 @@ def test_bench_json_on_a_tiny_bundle(tiny_ckpt, tmp_path):
         assert 1 < s["memory_read_gbs"] < 2000
     assert "GB/s: decode ceiling" in r.stdout
     # The host's instruction sets beside the figures (they decide the compute-bound stages).
+    from dataclasses import asdict
+
     from edgevlm.doctor import describe_host, host
 
-    assert d["host"] == host() and r.stdout.rstrip().endswith(f"host: {describe_host(host())}")
+    assert d["host"] == asdict(host()) and r.stdout.rstrip().endswith(f"host: {describe_host(d['host'])}")
     # On the NPU backend the weights are RKLLM's own: no ceiling, and the table leaves its line out.
     board = {k: v for k, v in d.items() if k not in ("decode_ceiling_tok_s", "decode_of_ceiling")}
     assert "decode ceiling" not in format_table(board) and "| decode |" in format_table(board)

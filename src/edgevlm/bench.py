@@ -20,7 +20,7 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +183,7 @@ def bench(opts: BenchOptions) -> dict[str, Any]:
         question_tokens=opts.prompt_tokens, threads=opts.threads or default_threads(), runs=opts.runs,
         page_cache_dropped=bool(samples[0]["page_cache_dropped"]), samples=samples,
         model=models.preset_name(manifest.model), board_demo=BOARD_DEMO.get(models.preset_name(manifest.model) or ""),
-        host=host(),  # speed at the compute-bound stages follows the instruction sets
+        host=asdict(host()),  # speed at the compute-bound stages follows the instruction sets
     )  # fmt: skip
     return result
 

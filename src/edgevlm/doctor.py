@@ -77,16 +77,26 @@ def _cpu(root: Path) -> tuple[str, list[str]]:
     return name or "unknown", [label for flag, label in ISA_FLAGS.items() if flag in flags]
 
 
-def host(root: str | Path = "/") -> dict[str, object]:
-    """The CPU, its int8 instruction sets and ONNX Runtime's version: what speed figures depend on."""
+@dataclass(frozen=True)
+class Host:
+    """What speed figures depend on: the CPU, its int8 instruction sets, ONNX Runtime's version."""
+
+    cpu: str
+    arch: str
+    instruction_sets: list[str]
+    onnxruntime: str
+
+
+def host(root: str | Path = "/") -> Host:
     import onnxruntime
 
     cpu, isa = _cpu(Path(root))
-    return {"cpu": cpu, "arch": platform.machine(), "instruction_sets": isa, "onnxruntime": onnxruntime.__version__}
+    return Host(cpu, platform.machine(), isa, onnxruntime.__version__)
 
 
-def describe_host(h: dict[str, object]) -> str:
-    isa = ", ".join(h["instruction_sets"]) or "no int8 dot-product instructions"  # type: ignore[arg-type]
+def describe_host(h: dict) -> str:
+    """One line for a host as the bench's JSON records it."""
+    isa = ", ".join(h["instruction_sets"]) or "no int8 dot-product instructions"
     return f"{h['cpu']} ({h['arch']}); {isa}; ONNX Runtime {h['onnxruntime']}"
 
 
@@ -133,47 +143,54 @@ def _dotted(version: tuple[int, ...] | None) -> str:
 
 def examine(bundle: str | Path | None = None, root: str | Path = "/") -> Report:
     """Everything `doctor` reports, and the backend `auto` picks for `bundle` (or for any bundle) and why."""
-    import onnxruntime
-
-    from .rk3588.rkllm import SUPPORTED, library_version
+    from .rk3588.rkllm import library_version
 
     root = Path(root)
-    cpu, isa = _cpu(root)
+    h = host(root)
     compatible = _read(root / "proc/device-tree/compatible") or ""
     rkllm_path, rknn_path = find_library(RKLLM_LIB, root), find_library(RKNN_LIB, root)
     rkllm_version = library_version(rkllm_path) if rkllm_path else None
     rknn_match = _RKNN_VERSION.search(rknn_path.read_bytes()) if rknn_path else None
     driver = _driver(root)
     report = Report(
-        cpu=cpu, arch=platform.machine(), instruction_sets=isa, onnxruntime=onnxruntime.__version__,
-        memory_mb=_memory(root), board=_read(root / "proc/device-tree/model"), rk3588="rk3588" in compatible,
-        npu_driver=_dotted(driver) if driver else None,
+        cpu=h.cpu, arch=h.arch, instruction_sets=h.instruction_sets, onnxruntime=h.onnxruntime,
+        memory_mb=_memory(root), board=_read(root / "proc/device-tree/model"),
+        rk3588="rk3588" in compatible, npu_driver=_dotted(driver) if driver else None,
         rkllm=f"{rkllm_path} ({_dotted(rkllm_version)})" if rkllm_path else None,
         rknn=f"{rknn_path} ({rknn_match[1].decode() if rknn_match else 'unknown version'})" if rknn_path else None,
         rknnlite=_rknnlite(), npu_governor=_governor(root),
     )  # fmt: skip
-    missing = []
-    if report.rk3588:
-        if not report.rknnlite:
-            missing.append("rknn-toolkit-lite2 is not installed (pip install rknn-toolkit-lite2)")
-        if rkllm_path is None:
-            missing.append(f"{RKLLM_LIB} not found (install RKLLM runtime {_dotted(SUPPORTED)})")
-        elif rkllm_version is not None and rkllm_version[:2] < SUPPORTED:
-            missing.append(f"{RKLLM_LIB} is {_dotted(rkllm_version)}; edgevlm needs {_dotted(SUPPORTED)} or newer")
-        if rknn_path is None:
-            missing.append(f"{RKNN_LIB} not found (it comes with rknn-toolkit-lite2's runtime)")
-        if driver is None:
-            missing.append("no rknpu driver version found (is the NPU driver loaded?)")
-        elif driver < MIN_DRIVER:
-            missing.append(f"rknpu driver {_dotted(driver)} is older than {_dotted(MIN_DRIVER)}, which RKLLM 1.3 needs")
-        if bundle is not None:
-            missing += _bundle_gaps(Path(bundle))
-        report.problems = missing
-        report.backend = "cpu" if missing else "rk3588"
-        report.reason = "; ".join(missing) if missing else "an RK3588 with its NPU libraries"
-    else:
+    if not report.rk3588:
         report.reason = "not an RK3588 board"
+        return report
+    missing = _npu_gaps(report.rknnlite, rkllm_path, rkllm_version, rknn_path, driver)
+    if bundle is not None:
+        missing += _bundle_gaps(Path(bundle))
+    report.problems = missing
+    report.backend = "cpu" if missing else "rk3588"
+    report.reason = "; ".join(missing) if missing else "an RK3588 with its NPU libraries"
     return report
+
+
+def _npu_gaps(rknnlite: bool, rkllm_path: Path | None, rkllm_version: tuple[int, int, int] | None,
+              rknn_path: Path | None, driver: tuple[int, int, int] | None) -> list[str]:  # fmt: skip
+    """What an RK3588's NPU stack lacks for the board backend, each in a few words."""
+    from .rk3588.rkllm import SUPPORTED
+
+    missing = []
+    if not rknnlite:
+        missing.append("rknn-toolkit-lite2 is not installed (pip install rknn-toolkit-lite2)")
+    if rkllm_path is None:
+        missing.append(f"{RKLLM_LIB} not found (install RKLLM runtime {_dotted(SUPPORTED)})")
+    elif rkllm_version is not None and rkllm_version[:2] < SUPPORTED:
+        missing.append(f"{RKLLM_LIB} is {_dotted(rkllm_version)}; edgevlm needs {_dotted(SUPPORTED)} or newer")
+    if rknn_path is None:
+        missing.append(f"{RKNN_LIB} not found (it comes with rknn-toolkit-lite2's runtime)")
+    if driver is None:
+        missing.append("no rknpu driver version found (is the NPU driver loaded?)")
+    elif driver < MIN_DRIVER:
+        missing.append(f"rknpu driver {_dotted(driver)} is older than {_dotted(MIN_DRIVER)}, which RKLLM 1.3 needs")
+    return missing
 
 
 def _bundle_gaps(folder: Path) -> list[str]:
