@@ -31,7 +31,7 @@ from ..config import (
 from ..image import DEFAULT_MAX_PIXELS, IMAGENET, ImageSource, Norm, Tiles, load_image, normalize, tile_cap
 from ..prompt import ImageLayout, PromptFormat, Template
 from .npu import one_tile_per_run, run_per_tile
-from .weights import fold_prefixes, per_layer, text_shapes
+from .weights import fold_prefixes, per_layer, text_rows, text_shapes
 
 NAME = "internvl3"
 TILE, MAX_TILES = 448, 12  # InternVL3's tile size and tile limit (a checkpoint may say otherwise)
@@ -275,7 +275,6 @@ PRESETS: dict[str, ModelConfig] = {
 _VL = "vision.layers.{i}."
 _OV = "vision_model.encoder.layers.{i}."
 _HV = "vision_tower.encoder.layer.{i}."
-_LL = "language_model.model.layers.{i}."
 
 Row = tuple[str, tuple[str, ...], tuple[str, ...]]
 
@@ -323,14 +322,7 @@ TABLE: tuple[Row, ...] = (
     ("projector.fc1.bias", ("mlp1.1.bias",), ("multi_modal_projector.linear_1.bias",)),
     ("projector.fc2.weight", ("mlp1.3.weight",), ("multi_modal_projector.linear_2.weight",)),
     ("projector.fc2.bias", ("mlp1.3.bias",), ("multi_modal_projector.linear_2.bias",)),
-    _same("llm.embed.weight", "language_model.model.embed_tokens.weight"),
-    _same("llm.layers.{i}.attn_norm.weight", _LL + "input_layernorm.weight"),
-    *(_same(f"llm.layers.{{i}}.attn.{p}.weight", _LL + f"self_attn.{p}_proj.weight") for p in "qkvo"),
-    *(_same(f"llm.layers.{{i}}.attn.{p}.bias", _LL + f"self_attn.{p}_proj.bias") for p in "qkv"),
-    _same("llm.layers.{i}.mlp_norm.weight", _LL + "post_attention_layernorm.weight"),
-    *(_same(f"llm.layers.{{i}}.mlp.{p}.weight", _LL + f"mlp.{p}_proj.weight") for p in ("gate", "up", "down")),
-    _same("llm.norm.weight", "language_model.model.norm.weight"),
-    _same("llm.lm_head.weight", "language_model.lm_head.weight"),
+    *(_same(name, stored) for name, (stored,) in text_rows("language_model.model.", "language_model.lm_head.weight")),
 )
 
 # Recent transformers save with a `model.` prefix and a bare `lm_head`; fold them onto the hub naming.

@@ -24,7 +24,7 @@ from ..config import ConfigError, TextConfig, check_image_fields, scalar, sectio
 from ..image import DEFAULT_MAX_PIXELS, ImageError, ImageSource, Norm, Tiles, load_image, normalize
 from ..prompt import ImageLayout, PromptFormat, Template
 from .npu import NpuVision
-from .weights import fold_prefixes, per_layer, table_sources, text_shapes
+from .weights import fold_prefixes, per_layer, table_sources, text_rows, text_shapes
 
 NAME = "qwen2_vl"
 CLIP: Norm = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))  # OpenAI CLIP's
@@ -226,7 +226,6 @@ PRESETS: dict[str, ModelConfig] = {
 # folded onto it first (stored_name).
 
 _VL = "visual.blocks.{i}."
-_TL = "model.layers.{i}."
 TABLE: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("vision.embed.patch.weight", ("visual.patch_embed.proj.weight",)),
     *((f"vision.layers.{{i}}.{ours}.{k}", (_VL + f"{theirs}.{k}",)) for ours, theirs in (
@@ -234,14 +233,7 @@ TABLE: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")) for k in ("weight", "bias")),
     *((f"projector.{ours}.{k}", (f"visual.merger.{theirs}.{k}",)) for ours, theirs in (
         ("norm", "ln_q"), ("fc1", "mlp.0"), ("fc2", "mlp.2")) for k in ("weight", "bias")),
-    ("llm.embed.weight", ("model.embed_tokens.weight",)),
-    ("llm.layers.{i}.attn_norm.weight", (_TL + "input_layernorm.weight",)),
-    *((f"llm.layers.{{i}}.attn.{p}.weight", (_TL + f"self_attn.{p}_proj.weight",)) for p in "qkvo"),
-    *((f"llm.layers.{{i}}.attn.{p}.bias", (_TL + f"self_attn.{p}_proj.bias",)) for p in "qkv"),
-    ("llm.layers.{i}.mlp_norm.weight", (_TL + "post_attention_layernorm.weight",)),
-    *((f"llm.layers.{{i}}.mlp.{p}.weight", (_TL + f"mlp.{p}_proj.weight",)) for p in ("gate", "up", "down")),
-    ("llm.norm.weight", ("model.norm.weight",)),
-    ("llm.lm_head.weight", ("lm_head.weight",)),
+    *text_rows("model.", "lm_head.weight"),
 )  # fmt: skip
 HF_PREFIX_ALIASES = (("model.visual.", "visual."), ("model.language_model.", "model."))
 

@@ -18,7 +18,7 @@ from ..config import ConfigError, TextConfig, check_image_fields, scalar, sectio
 from ..image import DEFAULT_MAX_PIXELS, ImageSource, Norm, Tiles, load_image, normalize, tile_cap
 from ..prompt import ImageLayout, PromptFormat, Template
 from .npu import one_tile_per_run, run_per_tile
-from .weights import per_layer, table_sources, text_shapes
+from .weights import per_layer, table_sources, text_rows, text_shapes
 
 NAME = "smolvlm2"
 MAX_IMAGE_SIDE = 4096  # transformers' cap on the resized image's longest side
@@ -228,7 +228,6 @@ PRESETS: dict[str, ModelConfig] = {
 # Weights: canonical name -> stored name(s); several are concatenated along axis 0 (q, k, v).
 
 _VL = "model.vision_model.encoder.layers.{i}."
-_TL = "model.text_model.layers.{i}."
 TABLE: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("vision.embed.patch.weight", ("model.vision_model.embeddings.patch_embedding.weight",)),
     ("vision.embed.patch.bias", ("model.vision_model.embeddings.patch_embedding.bias",)),
@@ -246,13 +245,7 @@ TABLE: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("vision.post_norm.weight", ("model.vision_model.post_layernorm.weight",)),
     ("vision.post_norm.bias", ("model.vision_model.post_layernorm.bias",)),
     ("projector.weight", ("model.connector.modality_projection.proj.weight",)),
-    ("llm.embed.weight", ("model.text_model.embed_tokens.weight",)),
-    ("llm.layers.{i}.attn_norm.weight", (_TL + "input_layernorm.weight",)),
-    *((f"llm.layers.{{i}}.attn.{p}.weight", (_TL + f"self_attn.{p}_proj.weight",)) for p in "qkvo"),
-    ("llm.layers.{i}.mlp_norm.weight", (_TL + "post_attention_layernorm.weight",)),
-    *((f"llm.layers.{{i}}.mlp.{p}.weight", (_TL + f"mlp.{p}_proj.weight",)) for p in ("gate", "up", "down")),
-    ("llm.norm.weight", ("model.text_model.norm.weight",)),
-    ("llm.lm_head.weight", ("lm_head.weight",)),
+    *text_rows("model.text_model.", "lm_head.weight"),
 )  # fmt: skip
 
 

@@ -31,6 +31,22 @@ def text_shapes(t: TextConfig) -> Shapes:
     return shapes | per_layer("llm.layers", t.num_layers, layer)
 
 
+def text_rows(model: str, lm_head: str) -> list[tuple[str, tuple[str, ...]]]:
+    """Weight-table rows of a transformers Qwen2/Llama decoder stored under `model` (e.g. "model."), its
+    head under `lm_head`. Bias rows are read only where the config has biases (the wanted names)."""
+    layer = model + "layers.{i}."
+    return [
+        ("llm.embed.weight", (model + "embed_tokens.weight",)),
+        ("llm.layers.{i}.attn_norm.weight", (layer + "input_layernorm.weight",)),
+        *((f"llm.layers.{{i}}.attn.{p}.weight", (layer + f"self_attn.{p}_proj.weight",)) for p in "qkvo"),
+        *((f"llm.layers.{{i}}.attn.{p}.bias", (layer + f"self_attn.{p}_proj.bias",)) for p in "qkv"),
+        ("llm.layers.{i}.mlp_norm.weight", (layer + "post_attention_layernorm.weight",)),
+        *((f"llm.layers.{{i}}.mlp.{p}.weight", (layer + f"mlp.{p}_proj.weight",)) for p in ("gate", "up", "down")),
+        ("llm.norm.weight", (model + "norm.weight",)),
+        ("llm.lm_head.weight", (lm_head,)),
+    ]
+
+
 def table_sources(table: Iterable[tuple[str, tuple[str, ...]]], wanted: Mapping[str, object],
                   layers: Mapping[str, int]) -> dict[str, tuple[str, ...]]:  # fmt: skip
     """Canonical name -> stored name(s) for every wanted tensor, from rows whose `{i}` is a layer of the

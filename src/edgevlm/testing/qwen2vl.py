@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..atomic import atomic_dir
 from ..models import preset
 from . import cache_dir, render_chat
-from .random_checkpoint import _randomize, _write_shards, round_parameters
+from .random_checkpoint import _write_shards, random_model, round_parameters
 from .vocab import fixture_tokenizer
 
 if TYPE_CHECKING:
@@ -93,13 +93,9 @@ def hf_config(cfg: ModelConfig) -> Any:
 
 def reference_model(cfg: ModelConfig, seed: int = 0) -> Any:
     """A float32 transformers Qwen2VLForConditionalGeneration with random weights, in eval mode."""
-    import torch
     from transformers import Qwen2VLForConditionalGeneration
 
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(hf_config(cfg)).float().eval()
-    _randomize(model, seed)
-    return model
+    return random_model(Qwen2VLForConditionalGeneration, hf_config(cfg), seed)
 
 
 def original_config(cfg: ModelConfig, hf: dict[str, Any]) -> dict[str, Any]:

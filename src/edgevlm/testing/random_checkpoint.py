@@ -90,15 +90,21 @@ def _randomize(model: Any, seed: int) -> None:
             p.copy_(value)
 
 
-def reference_model(cfg: ModelConfig, seed: int = 0, tokenizer: Tokenizer | None = None) -> Any:
-    """A float32 transformers InternVLForConditionalGeneration with random weights, in eval mode."""
+def random_model(model_class: Any, config: Any, seed: int) -> Any:
+    """A float32 transformers `model_class(config)` in eval mode, every parameter random (seeded)."""
     import torch
-    from transformers import InternVLForConditionalGeneration
 
     torch.manual_seed(seed)
-    model = InternVLForConditionalGeneration(hf_config(cfg, tokenizer)).float().eval()
+    model = model_class(config).float().eval()
     _randomize(model, seed)
     return model
+
+
+def reference_model(cfg: ModelConfig, seed: int = 0, tokenizer: Tokenizer | None = None) -> Any:
+    """A float32 transformers InternVLForConditionalGeneration with random weights, in eval mode."""
+    from transformers import InternVLForConditionalGeneration
+
+    return random_model(InternVLForConditionalGeneration, hf_config(cfg, tokenizer), seed)
 
 
 # --------------------------------------------------------------------------------------------

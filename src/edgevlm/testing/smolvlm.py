@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..atomic import atomic_dir
 from ..models import preset
 from . import cache_dir, render_chat
-from .random_checkpoint import _randomize, _write_shards, round_parameters
+from .random_checkpoint import _write_shards, random_model, round_parameters
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -117,13 +117,9 @@ def hf_config(cfg: ModelConfig) -> Any:
 
 def reference_model(cfg: ModelConfig, seed: int = 0) -> Any:
     """A float32 transformers SmolVLMForConditionalGeneration with random weights, in eval mode."""
-    import torch
     from transformers import SmolVLMForConditionalGeneration
 
-    torch.manual_seed(seed)
-    model = SmolVLMForConditionalGeneration(hf_config(cfg)).float().eval()
-    _randomize(model, seed)
-    return model
+    return random_model(SmolVLMForConditionalGeneration, hf_config(cfg), seed)
 
 
 def save_checkpoint(model: Any, cfg: ModelConfig, out: Path, *, dtype: str = "bf16",
