@@ -175,8 +175,7 @@ def calibration_prompts(encoder: PromptEncoder) -> list[dict[str, str]]:
 
 def export_llm(ck_dir: Path, out: Path, target: str, manifest: Manifest, log: Callable[[str], None]) -> Path | None:
     """Run rkllm-toolkit when importable; otherwise write its recipe (and its calibration prompts). Returns
-    the .rkllm if made."""
-    check_context(manifest.context_length)
+    the .rkllm if made (export_rk3588 has checked the context)."""
     rkllm_out = out / f"llm.{target}.rkllm"
     recipe = out / RECIPE_FILE
     encoder = load_prompt(out, manifest)
