@@ -129,6 +129,18 @@ def test_overflow_drops_oldest_turns(bundles):
         small.session().chat("too big", [picture(1344, 896, 2)], max_tokens=8)
 
 
+def test_vision_encoder_loads_on_the_first_image(bundles):
+    m = edgevlm.load(bundles / "small")
+    assert m.load_times["vision"] == 0.0 and m.load_times["llm"] > 0
+    text_only = m.chat("hi", max_tokens=3)
+    assert m.load_times["vision"] == 0.0  # a text answer never loaded it
+    m.chat("Describe the image.", [picture(448, 448, 1)], max_tokens=3)
+    first = m.load_times["vision"]
+    assert first > 0 and m.chat("hi", max_tokens=3) == text_only
+    m.chat("Describe it again.", [picture(448, 448, 2)], max_tokens=3)
+    assert m.load_times["vision"] == first  # loaded once
+
+
 def test_bundle_damage_is_detected(bundles, tmp_path):
     import shutil
 

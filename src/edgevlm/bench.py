@@ -111,8 +111,9 @@ def _timed_load(opts: BenchOptions) -> tuple[Any, float, float, float]:
 
     start = time.perf_counter()
     model = load(opts.bundle, threads=opts.threads, backend=opts.backend)
-    total = time.perf_counter() - start
-    return model, total, model.load_times["llm"], model.load_times["vision"]
+    ready = time.perf_counter() - start  # text answers possible; the CPU loads the vision encoder on first image
+    model.load_vision()  # now, so that it is not counted in the first image's vision time
+    return model, ready, model.load_times["llm"], model.load_times["vision"]
 
 
 def _bundle_files(folder: Path) -> list[Path]:
@@ -203,7 +204,8 @@ def format_table(r: dict[str, Any]) -> str:
              f"{b['llm_warm_s']} | {b['vlm_cold_s']} | {b['vlm_warm_s']} | {b['resolution']} | {b['tokens_s']} |"
              ] if b else []  # fmt: skip
     stages = [
-        ("load, cold (whole model)", "load_cold_s", "s"), ("load, warm", "load_warm_s", "s"),
+        ("load to ready, cold", "load_cold_s", "s"), ("load to ready, warm", "load_warm_s", "s"),
+        ("vision encoder load, warm", "vision_load_warm_s", "s"),
         ("vision per tile", "vision_ms_per_tile", "ms"), ("prefill", "prefill_tok_s", "tokens/s"),
         ("time to first token", "ttft_ms", "ms"), ("decode", "decode_tok_s", "tokens/s"),
         ("peak resident memory", "peak_rss_mb", "MB"),

@@ -94,6 +94,8 @@ class Engine(Protocol):
 
     def count_tokens(self, conversation: Conversation) -> int: ...
 
+    def load_vision(self) -> None: ...  # now, not on the first image (the CPU engine's default)
+
     def encode_image(self, source: ImageSource, *, max_tiles: int | None = None, max_pixels: int | None = None,
                      decode_limit: int = DEFAULT_MAX_PIXELS) -> EncodedImage: ...  # fmt: skip
 

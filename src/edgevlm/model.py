@@ -10,6 +10,7 @@ answer's text would give other ids.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -57,14 +58,28 @@ class VLM(BundleEngine):
         self.lm = load_part("llm", lambda: OrtLanguageModel(part(m.parts["llm"].file), EmbeddingTable(self.folder),
                                                             m.model.text, max_context=m.context_length,
                                                             threads=threads))  # fmt: skip
-        middle = time.perf_counter()
-        self.vision = load_part("vision", lambda: OrtVisionEncoder(part(m.parts["vision"].file), threads=threads))
-        self.load_times = {"llm": middle - start, "vision": time.perf_counter() - middle}
+        self.load_times = {"llm": time.perf_counter() - start, "vision": 0.0}
+        self._threads = threads
+        self._vision: OrtVisionEncoder | None = None  # loaded on the first image: a text chat never pays for it
+        self._vision_lock = threading.Lock()  # the server's requests may bring their first images together
         self._cached: list[object] = []  # one key per KV row: a token id, or (image digest, row) for image rows
         self._ends: set[int] = set()  # lengths of _cached where the last request's prompt and answer end
         self._public = self.prompt.encode([], None)  # the template's opening, with the default system message
         self._answers: OrderedDict[str, tuple[int, ...]] = OrderedDict()  # answer text -> the ids generated
         self._rendered: tuple[object, list[int]] | None = None  # the last conversation encoded, and its ids
+
+    @property
+    def vision(self) -> OrtVisionEncoder:
+        """The vision encoder, loaded on first use (its load time then goes to `load_times["vision"]`)."""
+        with self._vision_lock:
+            if self._vision is None:
+                start, file = time.perf_counter(), self.folder / self.manifest.parts["vision"].file
+                self._vision = load_part("vision", lambda: OrtVisionEncoder(file, threads=self._threads))
+                self.load_times["vision"] = time.perf_counter() - start
+            return self._vision
+
+    def load_vision(self) -> None:
+        self.vision  # noqa: B018 (the property loads it)
 
     @property
     def decode_bytes(self) -> int:

@@ -105,6 +105,9 @@ class BoardModel(BundleEngine):
         self.form = self.family.npu_vision(manifest.model)  # the .rknn's fixed input
         self.held: str | None = None  # with keep_history: the conversation RKLLM's cache holds (full form)
 
+    def load_vision(self) -> None:
+        """Loaded with the model: the NPU's memory is reserved up front, as Rockchip's demos do."""
+
     def close(self) -> None:
         """Release the runtimes (RKLLM's model, RKNN-Lite's context); also run at exit."""
         self.llm.close()
