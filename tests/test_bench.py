@@ -31,6 +31,9 @@ def test_bench_json_on_a_tiny_bundle(tiny_ckpt, tmp_path):
         assert abs(s["decode_of_ceiling"] * s["decode_ceiling_tok_s"] - s["decode_tok_s"]) < 1e-6 * s["decode_tok_s"]
         assert 1 < s["memory_read_gbs"] < 2000
     assert "GB/s: decode ceiling" in r.stdout
+    # What quantising each part cost, as the manifest recorded it at conversion.
+    parts = json.loads((tmp_path / "b" / "manifest.json").read_text())["parts"]
+    assert d["accuracy"] == {p: {"precision": parts[p]["precision"], **parts[p]["accuracy"]} for p in ("vision", "llm")}
     # The host's instruction sets beside the figures (they decide the compute-bound stages).
     from dataclasses import asdict
 

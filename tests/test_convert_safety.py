@@ -12,7 +12,7 @@ import pytest
 from edgevlm.bundle import is_bundle
 from helpers import assert_one_line_error, run_edgevlm
 
-FAST = ("--llm", "w8a8", "--vision", "int8", "--max-context", "512")
+FAST = ("--llm", "w8a8", "--vision", "int8", "--max-context", "512", "--no-accuracy")
 
 
 def listing(folder):
@@ -67,7 +67,7 @@ def test_a_killed_convert_is_cleaned_by_the_next(tiny_ckpt, tmp_path):
     out = tmp_path / "b"
     proc = subprocess.Popen([sys.executable, "-m", "edgevlm", "convert", str(tiny_ckpt["hf"]), str(out), *FAST],
                             stderr=subprocess.PIPE, text=True)  # fmt: skip
-    while "[2/4]" not in proc.stderr.readline():  # killed in the middle of writing the graphs
+    while "[2/" not in proc.stderr.readline():  # killed in the middle of writing the graphs
         assert proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()

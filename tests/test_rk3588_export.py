@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgevlm.accuracy import report
 from edgevlm.bundle import open_bundle
 from edgevlm.checkpoint import open_checkpoint
 from edgevlm.graphs.internvit import build_vision_graph
@@ -38,6 +39,11 @@ def test_export_tiny_checks_in_the_simulator(rknn_python, tiny_ckpt, tmp_path):
     part = manifest.parts["vision_rk3588"]
     assert part.file == "vision.rk3588.rknn" and part.precision == "fp16"
     assert part.extra["simulator_cosine"] >= 0.999 and (out / part.file).stat().st_size > 0
+    # The simulator's figures are recorded beside the CPU parts' and shown by verify.
+    assert part.accuracy["cosine_worst"] >= 0.99 and part.accuracy["cosine_mean"] >= part.accuracy["cosine_worst"]
+    assert part.accuracy["tokens"] > 0 and "simulator" in part.accuracy["inputs"]
+    assert manifest.parts["vision"].accuracy["cosine_mean"] > 0.99  # the CPU int8 encoder's, from the conversion
+    assert any(line.startswith("vision_rk3588 (fp16): cosine to fp32") for line in report(open_bundle(out).parts))
     assert (out / export.RECIPE_FILE).exists() and "w8a8" in (out / export.RECIPE_FILE).read_text()
 
 
@@ -87,7 +93,7 @@ def test_smolvlm2_export_checks_in_the_simulator(rknn_python, smol_ckpt, tmp_pat
     out = tmp_path / "smol"
     export.export_rk3588(smol_ckpt, out, log=lambda m: None)
     part = open_bundle(out, hashes=True).parts["vision_rk3588"]
-    assert part.extra["simulator_cosine"] >= 0.999 and part.extra["simulator_token_cosine_min"] >= 0.99
+    assert part.extra["simulator_cosine"] >= 0.999 and part.accuracy["cosine_worst"] >= 0.99
     recipe = (out / export.RECIPE_FILE).read_text()
     assert "smolvlm2 language model" in recipe and "<fake_token_around_image><global-img>" in recipe
 
@@ -107,6 +113,6 @@ def test_qwen2_vl_export_checks_its_static_392_form_in_the_simulator(rknn_python
     export.export_rk3588(ckpt, tmp_path / "bundle", log=lambda m: None)
     part = open_bundle(tmp_path / "bundle", hashes=True).parts["vision_rk3588"]
     print(f"Qwen2-VL 392 px NPU form, simulator vs ONNX Runtime fp32: {part.extra}")
-    assert part.extra["simulator_cosine"] >= 0.999 and part.extra["simulator_token_cosine_min"] >= 0.99
+    assert part.extra["simulator_cosine"] >= 0.999 and part.accuracy["cosine_worst"] >= 0.99
     assert "float inputs" in part.extra["input"] and "392x392 image (784 rows)" in part.extra["input"]
 

@@ -170,6 +170,7 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def bench(opts: BenchOptions) -> dict[str, Any]:
+    from .accuracy import accuracy_record
     from .doctor import host
     from .engine import tiling_of
 
@@ -185,6 +186,7 @@ def bench(opts: BenchOptions) -> dict[str, Any]:
         page_cache_dropped=bool(samples[0]["page_cache_dropped"]), samples=samples,
         model=models.preset_name(manifest.model), board_demo=BOARD_DEMO.get(models.preset_name(manifest.model) or ""),
         host=asdict(host()),  # speed at the compute-bound stages follows the instruction sets
+        accuracy=accuracy_record(manifest),  # what quantising each part cost, as measured at conversion
     )  # fmt: skip
     return result
 

@@ -38,6 +38,7 @@ class Part:
     file: str
     precision: str
     extra: dict[str, Any] = field(default_factory=dict)
+    accuracy: dict[str, Any] = field(default_factory=dict)  # what quantising it cost (accuracy.py), measured
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,8 @@ class Manifest:
             if not is_whole(size) or not isinstance(digest, str):
                 raise BundleError(f"manifest.json: the entry of {name} needs a size and a sha256")
         for key, part in self.parts.items():
+            if not isinstance(part.accuracy, dict):
+                raise BundleError(f"manifest.json: part {key!r} has an accuracy record that is not an object")
             named = [part.file, *part.extra.get("files", [])] if isinstance(part.extra, dict) else [None]
             for name in named:
                 if not isinstance(name, str) or name not in self.files:

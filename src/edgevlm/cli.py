@@ -56,13 +56,15 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                         "InternVL3: its dynamic tiles; SmolVLM2: 1 turns image splitting off, more picks the "
                         "largest resize that fits)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--no-accuracy", dest="accuracy", action="store_false",
+                   help="skip measuring the quantised parts against fp32 (a few seconds at the 1B shape)")
 
 
 def _convert(args: argparse.Namespace) -> int:
     from .convert import ConvertOptions, convert
 
     opts = ConvertOptions(llm=args.llm, vision=args.vision, max_context=args.max_context,
-                          max_tiles=args.max_tiles, force=args.force)  # fmt: skip
+                          max_tiles=args.max_tiles, force=args.force, accuracy=args.accuracy)  # fmt: skip
     convert(args.src, args.out, opts)
     return 0
 
@@ -73,10 +75,14 @@ def _add_verify(sub: argparse._SubParsersAction) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from .accuracy import report
     from .bundle import open_bundle
 
     manifest = open_bundle(args.bundle, hashes=True)
     print(f"{args.bundle}: ok ({len(manifest.files)} files, format {manifest.format_version})")
+    print("accuracy against fp32, measured at conversion:")
+    for line in report(manifest.parts):
+        print(f"  {line}")
     return 0
 
 

@@ -22,6 +22,8 @@ from .embedding import write_embedding
 from .graphs.decoder import LLM_PRECISIONS, DecoderGraphSpec, build_decoder_graph
 from .graphs.vision import PRECISIONS as VISION_PRECISIONS
 from .graphs.vision import VisionGraphSpec
+from .measure import measure
+from .prompt import PromptEncoder
 from .tokenizer import control_ids, load_tokenizer
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ class ConvertOptions:
     max_context: int = 4096
     max_tiles: int | None = None  # None: the model's own limit
     force: bool = False
+    accuracy: bool = True  # measure each quantised part against fp32 (accuracy.py) and record it
 
     def __post_init__(self) -> None:
         if self.llm not in LLM_PRECISIONS:
@@ -113,26 +116,33 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions = ConvertO
 def _write_bundle(ck: Checkpoint, tokenizer: Tokenizer, tokens: dict[str, int], src: str | Path, out: Path,
                   options: ConvertOptions, log: Callable[[str], None]) -> Manifest:  # fmt: skip
     cfg = ck.config
+    steps = 5 if options.accuracy else 4
     with atomic_dir(out, replace=options.force) as tmp:
-        done = _step(log, 1, 4, f"vision encoder ({options.vision})")
+        done = _step(log, 1, steps, f"vision encoder ({options.vision})")
         ck.family.build_vision_graph(ck.get, cfg, tmp / "vision.onnx", VisionGraphSpec(options.vision))
         done()
-        done = _step(log, 2, 4, f"language model ({options.llm})")
+        done = _step(log, 2, steps, f"language model ({options.llm})")
         spec = DecoderGraphSpec(options.llm)
         build_decoder_graph(ck.get, cfg.text, tmp / "llm.onnx", spec)
         done()
-        done = _step(log, 3, 4, "embedding table")
+        done = _step(log, 3, steps, "embedding table")
         embed_quant = options.llm != "fp32"
         embed_files = write_embedding(ck.get("llm.embed.weight"), tmp, quantize=embed_quant)
         tokenizer.save(str(tmp / "tokenizer.json"))
         done()
-        done = _step(log, 4, 4, "manifest (sha256 of every file)")
+        figures: dict[str, dict] = {}
+        if options.accuracy:
+            done = _step(log, 4, steps, "accuracy of the quantised parts against fp32")
+            prompt = PromptEncoder(tokenizer, ck.family.prompt_format(cfg), tokens)
+            figures = measure(ck, prompt, tmp, {"vision": options.vision, "llm": options.llm}, log)
+            done()
+        done = _step(log, steps, steps, "manifest (sha256 of every file)")
         max_tiles = options.max_tiles or cfg.max_tiles
         manifest = Manifest(
             model=cfg,
             parts={
-                "vision": Part("vision.onnx", options.vision),
-                "llm": Part("llm.onnx", options.llm, {"block_size": spec.block_size}),
+                "vision": Part("vision.onnx", options.vision, accuracy=figures.get("vision", {})),
+                "llm": Part("llm.onnx", options.llm, {"block_size": spec.block_size}, figures.get("llm", {})),
                 "embedding": Part(embed_files[0], "int8" if embed_quant else "fp32", {"files": embed_files}),
                 "tokenizer": Part("tokenizer.json", "-"),
             },

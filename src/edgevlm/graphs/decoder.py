@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnx import TensorProto
 
 from ..config import TextConfig
@@ -143,6 +144,20 @@ def build_decoder_graph(get: Weights, text: TextConfig, path: str | Path, spec: 
     logits = g.op("Reshape", [logits, g.const("/c/logits", [1, t.vocab_size])], "/llm/lm_head")
     g.output(logits, "logits", TensorProto.FLOAT, [1, t.vocab_size])
     return g.save()
+
+
+def every_position(path: str | Path) -> onnx.ModelProto:
+    """The decoder graph at `path` (its weights left in their file) returning logits [S,V] for every
+    position instead of the last one: the accuracy measure's form of the same weights."""
+    model = onnx.load(str(path), load_external_data=False)
+    logits = next(o for o in model.graph.output if o.name == "logits")
+    vocab = logits.type.tensor_type.shape.dim[-1].dim_value
+    consts = {"/c/last": [0], "/c/logits": [-1, vocab]}  # the slice start and the output's shape
+    for init in model.graph.initializer:
+        if init.name in consts:
+            init.CopyFrom(onnx.numpy_helper.from_array(np.asarray(consts[init.name], dtype=np.int64), init.name))
+    logits.CopyFrom(_value_info("logits", ["sequence", vocab]))
+    return model
 
 
 def _value_info(name: str, shape: list[int | str]):

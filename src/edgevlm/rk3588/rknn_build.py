@@ -3,7 +3,8 @@
 Runs inside the rknn-toolkit2 environment (scripts/setup-rknn), which has its own old numpy and
 onnx, so it imports nothing from edgevlm: `python rknn_build.py --onnx ... --out ...`. The
 simulator can only run a model built in the same process, so build and check happen together.
-Prints one JSON line: {"cosine", "token_cosine_min", "build_s", "simulate_s", "rss_mb"}.
+Prints one JSON line: {"cosine", "token_cosine_min", "token_cosine_mean", "tokens", "build_s", "simulate_s",
+"rss_mb"}.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def build_and_check_feeds(onnx_path: str, out: str, target: str, feeds: list[np.
 def _figures(got: np.ndarray, ref: np.ndarray, build_s: float, simulate_s: float) -> dict:
     per_token = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1) + 1e-12)
     cosine = float((got * ref).sum() / (np.linalg.norm(got) * np.linalg.norm(ref) + 1e-12))
-    return {"cosine": cosine, "token_cosine_min": float(per_token.min()), "build_s": build_s,
+    return {"cosine": cosine, "token_cosine_min": float(per_token.min()), "token_cosine_mean": float(per_token.mean()),
+            "tokens": int(per_token.size), "build_s": build_s,
             "simulate_s": simulate_s, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 

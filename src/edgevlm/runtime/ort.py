@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import onnx
 import onnxruntime as ort
 
 from ..paths import cache_home
@@ -105,6 +106,15 @@ def create_session(model: str | Path, *, threads: int | None = None, cache: bool
     # Already optimised: re-running the optimisers costs more load time than it gains (measured).
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(cached), so, providers=providers)
+
+
+def session_from_proto(model: onnx.ModelProto, weights: Path, *, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU session for a graph held in memory whose external weights are in the folder `weights`
+    (never cached: such a graph is a one-off, like the accuracy measure's)."""
+    so = _options(threads or default_threads())
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(weights))
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def _optimise(model: Path, cached: Path, threads: int) -> ort.InferenceSession:

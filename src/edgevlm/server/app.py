@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from ..accuracy import accuracy_record
 from ..engine import Conversation, Engine, TurnStats
 from ..image import ImageError
 from ..runtime.decoder import ContextOverflow
@@ -359,7 +360,7 @@ class Server:
         if refusal:
             return refusal
         entry = {"id": self.name, "object": "model", "created": int(self.settings.model.stat().st_mtime),
-                 "owned_by": "edgevlm"}  # fmt: skip
+                 "owned_by": "edgevlm", "accuracy": accuracy_record(self.model.manifest)}  # fmt: skip
         return JSONResponse({"object": "list", "data": [entry]})
 
     async def health(self, request: Request) -> Response:

@@ -1,0 +1,119 @@
+"""The accuracy report: each quantised part measured against fp32 at conversion, recorded in the manifest."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import edgevlm
+from edgevlm import accuracy, measure
+from edgevlm.bundle import open_bundle
+from edgevlm.convert import ConvertOptions, convert
+from edgevlm.embedding import EmbeddingTable
+from edgevlm.engine import load_prompt, tiling_of
+from edgevlm.runtime.decoder import OrtLanguageModel
+from edgevlm.runtime.vision import OrtVisionEncoder
+
+
+def _recomputed_vision(quantised, reference):
+    """The vision figures through the runtime's own path (the engine's tiling and encoder), not accuracy.py's."""
+    m = open_bundle(quantised)
+    family = edgevlm.models.family(m.model.family)
+    features = []
+    for bundle in (reference, quantised):
+        enc = OrtVisionEncoder(bundle / "vision.onnx", cache=False)
+        tiling = tiling_of(m).capped(1, measure.PROBE_PIXELS)
+        features.append(np.concatenate([enc.run(f).reshape(-1, m.model.text.hidden_size)
+                                        for p in measure.probe_pictures()
+                                        for f in family.vision_inputs(m.model, tiling.load(p))]))  # fmt: skip
+    return measure.cosines(*features)
+
+
+def _recomputed_llm(quantised, reference):
+    """The LLM figures from last-position logits of one prefill per answer position (the runtime's path)."""
+    m = open_bundle(quantised)
+    prompt = load_prompt(quantised, m)
+    logits = []
+    for bundle in (reference, quantised):
+        lm = OrtLanguageModel(bundle / "llm.onnx", EmbeddingTable(bundle), m.model.text, max_context=256, cache=False)
+        rows = [lm.prefill(lm.embed(ids[:p]), position=0) for ids, start in measure.exchanges(prompt)
+                for p in range(start, len(ids))]  # fmt: skip
+        logits.append(np.stack(rows))
+    return measure.kl_divergences(*logits), measure.cosines(*logits), logits
+
+
+def test_figures_in_the_manifest_equal_a_recomputation(small_bundle, tiny_bundle):
+    parts = open_bundle(small_bundle).parts
+    vision, llm = parts["vision"].accuracy, parts["llm"].accuracy
+    assert set(vision) == {"cosine_mean", "cosine_worst", "tokens", "inputs"}
+    c = _recomputed_vision(small_bundle, tiny_bundle)
+    assert vision["tokens"] == len(c) > 0
+    assert vision["cosine_mean"] == pytest.approx(c.mean(), abs=1e-5)
+    assert vision["cosine_worst"] == pytest.approx(c.min(), abs=1e-5)
+    kl, cos, (ref, quant) = _recomputed_llm(small_bundle, tiny_bundle)
+    assert llm["tokens"] == len(kl) > 20
+    assert llm["kl_mean"] == pytest.approx(kl.mean(), rel=0.02, abs=1e-6)
+    assert llm["kl_max"] == pytest.approx(kl.max(), rel=0.02, abs=1e-6)
+    assert llm["cosine_mean"] == pytest.approx(cos.mean(), abs=1e-5)
+    assert llm["top1"] == pytest.approx((ref.argmax(-1) == quant.argmax(-1)).mean(), abs=1.5 / len(kl))
+    assert 0 < llm["kl_mean"] < accuracy.LLM_KL_MAX and vision["cosine_mean"] > accuracy.VISION_COSINE_MIN
+
+
+def test_fp32_parts_record_nothing_and_no_accuracy_skips(tiny_bundle, tiny_ckpt, tmp_path):
+    assert all(not p.accuracy for p in open_bundle(tiny_bundle).parts.values())
+    said = []
+    convert(tiny_ckpt["hf"], tmp_path / "b", ConvertOptions(accuracy=False, max_context=512), log=said.append)
+    assert all(not p.accuracy for p in open_bundle(tmp_path / "b").parts.values())
+    assert not any("accuracy" in line for line in said) and not (tmp_path / "b" / ".fp32-reference").exists()
+
+
+def test_broken_quantisation_trips_the_warnings(tiny_ckpt, tmp_path, monkeypatch):
+    from edgevlm.graphs import decoder, vision
+
+    def zero_scales(real):
+        return lambda *a, **k: (lambda q, s: (q, np.zeros_like(s)))(*real(*a, **k))
+
+    monkeypatch.setattr(decoder, "matmul_nbits", zero_scales(decoder.matmul_nbits))
+    monkeypatch.setattr(vision, "int8_per_channel", zero_scales(vision.int8_per_channel))
+    said = []
+    convert(tiny_ckpt["hf"], tmp_path / "b", ConvertOptions(llm="w4a8", max_context=512), log=said.append)
+    warned = [line for line in said if line.startswith("warning:")]
+    assert len(warned) == 2, said
+    assert "int8 vision" in warned[0] and "--vision fp16" in warned[0]
+    assert "w4a8 llm" in warned[1] and "--llm w8a8" in warned[1]
+    parts = open_bundle(tmp_path / "b").parts
+    assert parts["llm"].accuracy["kl_mean"] > accuracy.LLM_KL_MAX
+    assert parts["vision"].accuracy["cosine_mean"] < accuracy.VISION_COSINE_MIN
+
+
+def test_kl_and_cosine_are_the_textbook_ones():
+    p = np.log(np.array([[0.5, 0.25, 0.25]]))
+    q = np.log(np.array([[0.25, 0.5, 0.25]]))
+    assert measure.kl_divergences(p, q)[0] == pytest.approx(0.5 * np.log(2) + 0.25 * np.log(0.5))
+    assert measure.cosines(np.array([[1.0, 0.0]]), np.array([[1.0, 1.0]]))[0] == pytest.approx(2**-0.5)
+
+
+def test_verify_prints_the_figures(small_bundle):
+    out = subprocess.run([sys.executable, "-m", "edgevlm", "verify", str(small_bundle)], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    llm = open_bundle(small_bundle).parts["llm"].accuracy
+    assert f"KL {llm['kl_mean']:.4f}" in out and "cosine" in out and "top-1" in out
+    assert json.loads((small_bundle / "manifest.json").read_text())["parts"]["vision"]["accuracy"]
+
+
+def test_the_server_lists_the_figures(small_bundle):
+    pytest.importorskip("uvicorn", reason="the [server] extra is not installed")
+    import httpx
+
+    from helpers import KEY, Server
+
+    s = Server(small_bundle)
+    try:
+        (entry,) = httpx.get(s.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"]
+    finally:
+        s.stop()
+    parts = open_bundle(small_bundle).parts
+    assert entry["accuracy"]["llm"] == {"precision": "w8a8", **parts["llm"].accuracy}
+    assert entry["accuracy"]["vision"]["cosine_mean"] == parts["vision"].accuracy["cosine_mean"]
