@@ -90,3 +90,42 @@ def test_full_size_llm_parity_and_w8a8(full, tmp_path):
     c = cosine(w8, fp32).min()
     print(f"w8a8 vs fp32 over 64 positions: cosine min {c:.5f}, KL mean {kl.mean():.5f} max {kl.max():.5f}")
     assert c >= 0.998 and kl.mean() <= 0.002  # the README's accuracy figures
+
+
+def test_full_size_conversion_records_what_quantising_cost(full, tmp_path):
+    """The figures convert records at the 1B shape, recomputed against transformers itself (the fp32 truth)
+    through the runtime's own path: the encoder on the probe tile, and teacher-forced decode steps."""
+    import torch
+
+    from edgevlm import measure
+    from edgevlm.bundle import open_bundle
+    from edgevlm.convert import ConvertOptions, convert
+    from edgevlm.embedding import EmbeddingTable
+    from edgevlm.engine import load_prompt, tiling_of
+    from edgevlm.runtime.decoder import OrtLanguageModel
+    from edgevlm.runtime.vision import OrtVisionEncoder
+
+    ck, model = full
+    out = tmp_path / "b"
+    convert(ck.path, out, ConvertOptions(max_context=1024), log=lambda m: None)
+    m = open_bundle(out)
+    vision, llm, width = m.parts["vision"].accuracy, m.parts["llm"].accuracy, m.model.text.hidden_size
+    tiles = tiling_of(m).capped(1, measure.PROBE_PIXELS).load(measure.probe_pictures()[0])
+    with torch.no_grad():
+        ref = model.get_image_features(torch.from_numpy(tiles.pixels), vision_feature_layer=-1,
+                                       vision_feature_select_strategy="default").pooler_output.numpy()  # fmt: skip
+    got = OrtVisionEncoder(out / "vision.onnx", cache=False).encode(tiles.pixels)
+    c = measure.cosines(ref.reshape(-1, width), got.reshape(-1, width))
+    assert vision["tokens"] == len(c) and vision["cosine_mean"] == pytest.approx(c.mean(), abs=2e-5)
+    lm = OrtLanguageModel(out / "llm.onnx", EmbeddingTable(out), m.model.text, max_context=1024, cache=False)
+    refs, ours = [], []
+    for ids, start in measure.exchanges(load_prompt(out, m)):
+        with torch.no_grad():
+            refs.append(model(input_ids=torch.tensor([ids])).logits[0, start - 1 : -1].numpy())
+        first = lm.prefill(lm.embed(ids[:start]), position=0)
+        ours.append(np.stack([first] + [lm.decode(t) for t in ids[start:-1]]))
+    kl = measure.kl_divergences(np.concatenate(refs), np.concatenate(ours))
+    print(f"recorded {llm}, recomputed KL mean {kl.mean():.5f} over {len(kl)}")
+    assert llm["tokens"] == len(kl) and llm["kl_mean"] == pytest.approx(kl.mean(), rel=0.05)
+    # The worst position moves a little more: one-token decode steps take other int8 kernels than a prefill.
+    assert llm["kl_max"] == pytest.approx(kl.max(), rel=0.15) and llm["kl_mean"] < 0.01
