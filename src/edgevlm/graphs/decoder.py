@@ -28,7 +28,7 @@ import onnx
 from onnx import TensorProto
 
 from ..config import TextConfig
-from .builder import Graph
+from .builder import Graph, transposed
 from .quant import matmul_nbits
 
 Weights = Callable[[str], np.ndarray]
@@ -63,7 +63,7 @@ class _Builder:
             ins = [x, g.weight(f"{name}.q{bits}", q), g.weight(name + ".scales", scales), "", "", b]
             return g.op("MatMulNBits", ins, scope, domain=MS, K=k, N=n, bits=bits, block_size=block,
                         accuracy_level=4)  # fmt: skip
-        y = g.op("MatMul", [x, g.weight(name + ".t", np.ascontiguousarray(weight.T))], scope)
+        y = g.op("MatMul", [x, g.weight(name + ".t", transposed(weight))], scope)
         return g.op("Add", [y, b], scope) if b else y
 
     def _block(self, k: int, bits: int) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .builder import transposed
+
 _ROWS = 4096
 
 
@@ -12,7 +14,7 @@ def int8_per_channel(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     absmax = np.abs(weight).max(axis=1)
     scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
     q = np.clip(np.rint(weight / scale[:, None]), -127, 127).astype(np.int8)
-    return np.ascontiguousarray(q.T), scale
+    return transposed(q), scale
 
 
 def matmul_nbits(weight: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:

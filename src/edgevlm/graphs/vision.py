@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto
 
-from .builder import Graph
+from .builder import Graph, transposed
 from .quant import int8_per_channel
 
 Weights = Callable[[str], np.ndarray]
@@ -63,9 +63,10 @@ class VisionBuilder:
             ins = [x, g.weight(name + ".weight.int8", q), g.weight(name + ".weight.scale", scale), "", b_name]
             return g.op("DynamicQuantizeMatMul", ins if b_name else ins[:3], scope, domain="com.microsoft")
         if self.spec.precision == "fp16":
-            wt = g.op("Cast", [g.weight(name + ".weight.fp16", w.T.astype(np.float16))], scope, to=TensorProto.FLOAT)
+            wt16 = g.weight(name + ".weight.fp16", transposed(w, np.float16))
+            wt = g.op("Cast", [wt16], scope, to=TensorProto.FLOAT)
         else:
-            wt = g.weight(name + ".weight.t", w.T.astype(np.float32))
+            wt = g.weight(name + ".weight.t", transposed(w, np.float32))
         out = g.op("MatMul", [x, wt], scope)
         return g.op("Add", [out, b_name], scope) if b_name else out
 
@@ -83,7 +84,7 @@ class VisionBuilder:
             x = g.op("Reshape", [pixels, g.const("/c/patch_grid", [-1, 3, side, p, side, p])], scope)
             x = g.op("Transpose", [x], scope, perm=[0, 2, 4, 1, 3, 5])  # [N, row, col, channel, py, px]
             x = g.op("Reshape", [x, g.const("/c/patch_rows", [-1, side * side, 3 * p * p])], scope)
-            wt = g.weight("vision.embed.patch.weight.t", w.reshape(d, -1).T.astype(np.float32))
+            wt = g.weight("vision.embed.patch.weight.t", transposed(w.reshape(d, -1), np.float32))
             return g.op("Add", [g.op("MatMul", [x, wt], scope), b], scope)
         conv = g.op("Conv", [pixels, g.weight("vision.embed.patch.weight", w), b], scope,
                     kernel_shape=[p, p], strides=[p, p])  # fmt: skip
