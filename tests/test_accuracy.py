@@ -117,3 +117,19 @@ def test_the_server_lists_the_figures(small_bundle):
     parts = open_bundle(small_bundle).parts
     assert entry["accuracy"]["llm"] == {"precision": "w8a8", **parts["llm"].accuracy}
     assert entry["accuracy"]["vision"]["cosine_mean"] == parts["vision"].accuracy["cosine_mean"]
+
+
+def test_a_reference_that_would_not_fit_in_memory_is_skipped_with_a_reason(tiny_ckpt, tmp_path, monkeypatch):
+    from edgevlm.checkpoint import open_checkpoint
+
+    ck = open_checkpoint(tiny_ckpt["hf"])
+    llm_mb = measure.reference_mb(ck, "llm")  # fp32 weights twice: the file's and ONNX Runtime's copy
+    assert llm_mb == int(2.1 * 4 * sum(np.prod(ck.shape(n)) for n in ck.names() if n.startswith("llm.")) / 2**20)
+    monkeypatch.setattr(measure, "memory_mb", lambda: (16000, llm_mb - 1))  # room for the vision one only
+    said = []
+    convert(tiny_ckpt["hf"], tmp_path / "b", ConvertOptions(max_context=512), log=said.append)
+    parts = open_bundle(tmp_path / "b").parts
+    assert parts["vision"].accuracy and not parts["llm"].accuracy
+    (line,) = [s for s in said if "not measured" in s]
+    assert line.startswith("accuracy of the llm part not measured: its fp32 reference needs about")
+    assert accuracy.report(parts)[1] == f"llm (w8a8): {accuracy.NOT_MEASURED}"

@@ -55,6 +55,7 @@ class LlmAccuracy:
 
 
 KINDS = {"vision": VisionAccuracy, "llm": LlmAccuracy}
+NOT_MEASURED = "not measured (fp32, --no-accuracy, or too little memory at conversion)"
 
 
 def figures_of(part: str, values: dict[str, Any]) -> VisionAccuracy | LlmAccuracy | None:
@@ -73,7 +74,7 @@ def report(parts: dict[str, Any]) -> list[str]:
     for name, part in parts.items():
         if name.split("_")[0] in KINDS:
             measured = figures_of(name, part.accuracy)
-            what = measured.describe() if measured else "not measured (fp32, or converted with --no-accuracy)"
+            what = measured.describe() if measured else NOT_MEASURED
             lines.append(f"{name} ({part.precision}): {what}")
     return lines
 

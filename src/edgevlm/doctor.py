@@ -12,6 +12,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .runtime.memory import memory_mb
+
 RKLLM_LIB, RKNN_LIB = "librkllmrt.so", "librknnrt.so"
 MIN_DRIVER = (0, 9, 7)  # what RKLLM runtime 1.3.0 asks for at init ("please upgrade to 0.9.7")
 LIB_DIRS = ("usr/lib", "usr/lib/aarch64-linux-gnu", "usr/local/lib", "lib", "lib/aarch64-linux-gnu", "usr/lib64")
@@ -100,12 +102,6 @@ def describe_host(h: dict) -> str:
     return f"{h['cpu']} ({h['arch']}); {isa}; ONNX Runtime {h['onnxruntime']}"
 
 
-def _memory(root: Path) -> tuple[int, int]:
-    info = dict(line.split(":", 1) for line in (_read(root / "proc/meminfo") or "").splitlines() if ":" in line)
-    mb = {k: int(v.split()[0]) // 1024 for k, v in info.items() if v.split() and v.split()[0].isdigit()}
-    return mb.get("MemTotal", 0), mb.get("MemAvailable", 0)
-
-
 def _driver(root: Path) -> tuple[int, int, int] | None:
     for name in ("sys/kernel/debug/rknpu/version", "sys/module/rknpu/version"):
         if (text := _read(root / name)) and (m := _DRIVER.search(text)):
@@ -154,7 +150,7 @@ def examine(bundle: str | Path | None = None, root: str | Path = "/") -> Report:
     driver = _driver(root)
     report = Report(
         cpu=h.cpu, arch=h.arch, instruction_sets=h.instruction_sets, onnxruntime=h.onnxruntime,
-        memory_mb=_memory(root), board=_read(root / "proc/device-tree/model"),
+        memory_mb=memory_mb(root), board=_read(root / "proc/device-tree/model"),
         rk3588="rk3588" in compatible, npu_driver=_dotted(driver) if driver else None,
         rkllm=f"{rkllm_path} ({_dotted(rkllm_version)})" if rkllm_path else None,
         rknn=f"{rknn_path} ({rknn_match[1].decode() if rknn_match else 'unknown version'})" if rknn_path else None,

@@ -25,10 +25,12 @@ from .embedding import EmbeddingTable
 from .graphs.decoder import DecoderGraphSpec, build_decoder_graph, every_position
 from .graphs.vision import VisionGraphSpec
 from .prompt import PromptEncoder, Turn
+from .runtime.memory import memory_mb
 from .runtime.ort import session_from_proto
 from .runtime.rope import rope_angles
 from .runtime.vision import OrtVisionEncoder
 
+REFERENCE_COPIES = 2.1  # an fp32 reference's peak over its weights' size while loading (measured 2.0 at 2B)
 PROBE_PIXELS = 448 * 448  # one tile (a Qwen2-VL image of at most this area): a few seconds at the 1B shape
 EXCHANGES = (  # (question, answer): the answer's positions are scored
     ("Describe the image.", "A red bicycle leans against a brick wall next to a blue door in the afternoon sun."),
@@ -129,19 +131,37 @@ def measure_llm(text: TextConfig, samples: list[tuple[list[int], int]], quantise
                        f"{len(samples)} exchanges (English, Chinese) in the template, answer positions")  # fmt: skip
 
 
+def reference_mb(ck: Any, part: str) -> int:
+    """Memory an fp32 reference of `part` takes while it loads: its weights twice (the file's and ONNX
+    Runtime's packed copy; Qwen2-VL-2B's 6.2 GB language model peaked at 12.2 GB)."""
+    fp32 = sum(4 * int(np.prod(ck.shape(n))) for n in ck.names() if n.startswith("llm.") == (part == "llm"))
+    return int(REFERENCE_COPIES * fp32 / 2**20)
+
+
+def _room(ck: Any, part: str, log: Callable[[str], None]) -> bool:
+    """Whether this machine has the memory for the part's fp32 reference now; says why not."""
+    need, (_, available) = reference_mb(ck, part), memory_mb()
+    if available and need > available:
+        log(f"accuracy of the {part} part not measured: its fp32 reference needs about {need / 1024:.1f} GB and "
+            f"{available / 1024:.1f} GB are available (--no-accuracy skips this step)")  # fmt: skip
+        return False
+    return True
+
+
 def measure(ck: Any, prompt: PromptEncoder, bundle: Path, precisions: dict[str, str],
             log: Callable[[str], None]) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Figures of each part of `bundle` (written, manifest not yet) not kept in fp32, from fp32 graphs
-    built beside it for the measure and removed after."""
+    built beside it for the measure and removed after; a part whose reference would not fit in the
+    memory available is left unmeasured, with a line saying so."""
     cfg, family = ck.config, ck.family
     reference = bundle / ".fp32-reference"
     reference.mkdir()
     figures: dict[str, dict[str, Any]] = {}
     try:
-        if precisions["vision"] != "fp32":
+        if precisions["vision"] != "fp32" and _room(ck, "vision", log):
             family.build_vision_graph(ck.get, cfg, reference / "vision.onnx", VisionGraphSpec("fp32"))
             figures["vision"] = asdict(measure_vision(family, cfg, bundle / "vision.onnx", reference / "vision.onnx"))
-        if precisions["llm"] != "fp32":
+        if precisions["llm"] != "fp32" and _room(ck, "llm", log):
             build_decoder_graph(ck.get, cfg.text, reference / "llm.onnx", DecoderGraphSpec("fp32"))
             llm = measure_llm(cfg.text, exchanges(prompt), bundle / "llm.onnx", reference / "llm.onnx",
                               ck.get("llm.embed.weight"))  # fmt: skip

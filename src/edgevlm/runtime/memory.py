@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from pathlib import Path
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 _done = False
@@ -28,3 +29,14 @@ def pin_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         _done = False
     return _done
+
+
+def memory_mb(root: str | Path = "/") -> tuple[int, int]:
+    """(MemTotal, MemAvailable) in MiB from `root`/proc/meminfo; zeros where it cannot be read."""
+    try:
+        text = (Path(root) / "proc/meminfo").read_text()
+    except OSError:
+        return 0, 0
+    info = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    mb = {k: int(v.split()[0]) // 1024 for k, v in info.items() if v.split() and v.split()[0].isdigit()}
+    return mb.get("MemTotal", 0), mb.get("MemAvailable", 0)
