@@ -49,3 +49,10 @@ def test_a_non_utf8_line_in_the_chat_is_an_error_and_the_chat_goes_on(small_bund
     assert len(stats) == 2, err  # both good questions answered
     (first, _), (second, cached) = ((int(a), int(b)) for a, b in stats)
     assert second > first and cached >= first  # the second turn follows the first: the conversation was kept
+
+
+def test_answering_does_not_import_onnx():
+    """The onnx package (graph building only) costs ~10 MB resident: loading and answering never import it."""
+    code = ("import sys, edgevlm.cli, edgevlm.model, edgevlm.session, edgevlm.server.app, edgevlm.structured; "
+            "print(sorted(m for m in sys.modules if m == 'onnx' or m.startswith('onnx.')))")  # fmt: skip
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"

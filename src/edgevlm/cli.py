@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from pathlib import Path
 from . import BACKENDS, __version__
 from .feature_cache import DEFAULT_IMAGE_CACHE_MB
 from .runtime.sampling import SamplingParams
+from .structured import ResponseFormat, SchemaError, check
 
 
 class UserError(Exception):
@@ -131,8 +133,30 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-cache-mb", type=_number(float, "--image-cache-mb", 0, 65536),
                    default=DEFAULT_IMAGE_CACHE_MB, help="memory for the features of images seen before (0: none)")
     p.add_argument("--stats", action="store_true", help="print timings to stderr")
+    p.add_argument("--json-schema", type=Path, help="answer with JSON that follows this JSON schema file "
+                   "(needs the [json] extra)")  # fmt: skip
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="cpu (ONNX Runtime) or rk3588 (NPU: RKNN-Lite + RKLLM); auto picks rk3588 on a board")
+
+
+def _schema_file(path: Path | None) -> ResponseFormat | None:
+    """The --json-schema file as a checked ResponseFormat; a UserError naming what is wrong."""
+    if path is None:
+        return None
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UserError(f"{path}: {e.strerror or e}") from None
+    except (ValueError, RecursionError) as e:
+        raise UserError(f"{path}: not a JSON file ({e})") from None
+    if not isinstance(schema, dict):
+        raise UserError(f"{path}: a JSON schema is an object, not {type(schema).__name__}")
+    fmt = ResponseFormat(schema)
+    try:
+        check(fmt)
+    except SchemaError as e:
+        raise UserError(f"{path}: {e}") from None
+    return fmt
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -147,7 +171,7 @@ def _chat(args: argparse.Namespace) -> int:
             raise UserError(f"{flag} is not valid UTF-8 text")
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                               repetition_penalty=args.repetition_penalty, seed=args.seed,
-                              max_tokens=args.max_tokens)  # fmt: skip
+                              max_tokens=args.max_tokens, response_format=_schema_file(args.json_schema))  # fmt: skip
     opts = ChatOptions(bundle=args.model, images=tuple(args.image), prompt=args.prompt, system=args.system,
                        max_tiles=args.max_tiles, max_pixels=args.max_pixels, stats=args.stats, threads=args.threads,
                        backend=args.backend, image_cache_mb=args.image_cache_mb, sampling=sampling)  # fmt: skip

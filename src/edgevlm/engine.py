@@ -85,6 +85,7 @@ class Engine(Protocol):
     tokenizer: Tokenizer
     prompt: PromptEncoder
     load_times: dict[str, float]
+    json_answers: bool  # whether it can constrain answers to a JSON schema (it sees the logits)
 
     @property
     def context_length(self) -> int: ...

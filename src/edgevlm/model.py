@@ -43,6 +43,8 @@ def _common_prefix(a: Sequence[object], b: Sequence[object]) -> int:
 class VLM(BundleEngine):
     """A bundle ready to answer on the CPU (ONNX Runtime)."""
 
+    json_answers = True
+
     def __init__(self, folder: str | Path, *, threads: int | None = None, verify: bool = False) -> None:
         self.folder = Path(folder)
         self.manifest: Manifest = open_bundle(self.folder, hashes=verify)

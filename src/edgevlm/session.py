@@ -16,6 +16,7 @@ from .prompt import Turn
 from .runtime.decoder import ContextOverflow
 from .runtime.generate import StreamChunk
 from .runtime.sampling import SamplingParams
+from .structured import ANY_OBJECT, ResponseFormat, check
 
 if TYPE_CHECKING:
     from .engine import EncodedImage, Engine
@@ -87,9 +88,14 @@ class ChatSession:
             self.images = conversation.images
 
     def chat(self, question: str, images: Sequence[ImageSource] = (), *, stream: bool = False,
+             schema: dict[str, Any] | None = None, json: bool = False,
              **sampling: Any) -> str | Iterator[str]:  # fmt: skip
         """The answer as a string, or with stream=True an iterator of text pieces. `sampling` takes the
-        fields of SamplingParams (max_tokens, temperature, top_p, top_k, repetition_penalty, seed)."""
+        fields of SamplingParams (max_tokens, temperature, top_p, top_k, repetition_penalty, seed). With
+        `schema` (a JSON schema) or `json=True` (any JSON object) the answer is such a JSON document."""
+        if schema is not None or json:
+            sampling["response_format"] = ResponseFormat(schema if schema is not None else dict(ANY_OBJECT))
+            check(sampling["response_format"])  # a schema that cannot compile fails here, before any work
         pieces = (chunk.text for chunk in self.ask(question, images, SamplingParams(**sampling)))
         return pieces if stream else "".join(pieces)
 

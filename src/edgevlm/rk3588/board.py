@@ -90,6 +90,10 @@ def rkllm_turn(encoder: PromptEncoder, turns: Sequence[Turn], system: str | None
     return RkllmTurn(head, prefix, postfix, full)
 
 
+NO_JSON = ("JSON answers need the logits of every step, and the RKLLM runtime samples inside its library: "
+           "use the CPU backend (--backend cpu) for them")
+
+
 class BoardModel(BundleEngine):
     """A bundle's NPU artifacts ready to answer. RKLLM holds one conversation in its cache, so sessions of
     one model take turns, not run at once. RKLLM samples by its own settings (greedy by default), not
@@ -104,6 +108,8 @@ class BoardModel(BundleEngine):
         self.family = models.family(manifest.model.family)
         self.form = self.family.npu_vision(manifest.model)  # the .rknn's fixed input
         self.held: str | None = None  # with keep_history: the conversation RKLLM's cache holds (full form)
+
+    json_answers = False  # RKLLM samples inside its library: no logits to mask
 
     def load_vision(self) -> None:
         """Loaded with the model: the NPU's memory is reserved up front, as Rockchip's demos do."""
@@ -163,6 +169,8 @@ class BoardModel(BundleEngine):
                shared: bool = False) -> Iterator[StreamChunk]:  # fmt: skip
         """Stream RKLLM's answer to a conversation. (With keep_history the cache is re-used only when the
         conversation continues the whole of what it holds, so nothing of another client's prompt shows.)"""
+        if params.response_format is not None:
+            raise BoardError(NO_JSON)
         turn = rkllm_turn(self.prompt, conversation.turns, conversation.system)
         text, held = turn.text, self.held if self.keep_history else None
         reused = held is not None and turn.full.startswith(held + turn.prefix)

@@ -8,12 +8,13 @@ UTF-8 character and carries timing stats. Every front end (chat, API, server, be
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from tokenizers import Tokenizer
 
+from ..structured import JsonConstraint
 from .decoder import LanguageModel
 from .sampling import Sampler, SamplingParams
 
@@ -49,17 +50,21 @@ class StreamChunk:
 
 def generate_step(lm: LanguageModel, embeds: np.ndarray, params: SamplingParams, *, seen: Sequence[int] = (),
                   position: int | None = None, stats: GenerationStats | None = None,
-                  rope: np.ndarray | None = None) -> Iterator[int]:  # fmt: skip
+                  rope: np.ndarray | None = None,
+                  constrain: Callable[[int], JsonConstraint] | None = None) -> Iterator[int]:  # fmt: skip
     """Prefill `embeds` at `position` (at rotary positions `rope`, default: counting on), then yield sampled
     tokens until a stop id, max tokens or a full context. The stop token is yielded but not fed back, so
-    the cache ends just before it."""
+    the cache ends just before it. `constrain(vocabulary size)` gives the mask of a structured answer."""
     stats = stats if stats is not None else GenerationStats()
     sampler, history = Sampler(params), list(seen)
     t0 = time.perf_counter()
     logits = lm.prefill(embeds, position, rope)
     stats.prompt_tokens, stats.prefill_ms = len(embeds), (time.perf_counter() - t0) * 1000
+    constraint = constrain(len(logits)) if constrain else None
     while True:
-        token = sampler(logits, history)
+        token = sampler(constraint.mask(logits) if constraint else logits, history)
+        if constraint and token not in params.stop_ids:
+            constraint.consume(token)
         history.append(token)
         stats.generated_tokens += 1
         if token in params.stop_ids:
@@ -106,7 +111,12 @@ def stream_generate(lm: LanguageModel, tokenizer: Tokenizer, embeds: np.ndarray,
     """Generate and yield text pieces; the last chunk has `finish_reason` set."""
     stats = GenerationStats()
     decoder = StreamDecoder(tokenizer, skip=params.stop_ids)
-    for token in generate_step(lm, embeds, params, seen=seen, position=position, stats=stats, rope=rope):
+    fmt = params.response_format
+    if fmt and not params.stop_ids:
+        raise ValueError("a JSON answer needs a stop token (its end)")
+    constrain = (lambda n: JsonConstraint(fmt, tokenizer, n, params.stop_ids[0])) if fmt else None
+    for token in generate_step(lm, embeds, params, seen=seen, position=position, stats=stats, rope=rope,
+                               constrain=constrain):  # fmt: skip
         text = decoder.push(token)
         if stats.finish_reason:
             text += decoder.flush()

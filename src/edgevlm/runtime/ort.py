@@ -18,11 +18,14 @@ import platform
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
 import onnxruntime as ort
 
 from ..paths import cache_home
+
+if TYPE_CHECKING:  # onnx itself is not imported at run time: ~10 MB of resident memory (measured)
+    import onnx
 
 
 def default_threads() -> int:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..structured import ResponseFormat
+
 DEFAULT_MAX_TOKENS = 512  # an answer's length when nobody says (the server caps it to the room left)
 
 
@@ -22,6 +24,7 @@ class SamplingParams:
     seed: int | None = None
     max_tokens: int = DEFAULT_MAX_TOKENS
     stop_ids: tuple[int, ...] = ()
+    response_format: ResponseFormat | None = None  # the answer is JSON following this schema
 
     def __post_init__(self) -> None:
         checks = [

@@ -216,6 +216,9 @@ class Server:
             raise RequestError(f"the prompt has {n} tokens, more than the context of "
                                f"{self.model.context_length} holds", param="messages")  # fmt: skip
         params = req.params
+        if params.response_format is not None and not self.model.json_answers:
+            raise RequestError("this server's backend cannot constrain answers to JSON (RKLLM samples inside its "
+                               "library); run it with --backend cpu", param="response_format")  # fmt: skip
         if not req.max_tokens_given:  # the default answer length, capped to the room left
             params = SamplingParams(**{**vars(params), "max_tokens": min(DEFAULT_MAX_TOKENS, room)})
         elif params.max_tokens > room:

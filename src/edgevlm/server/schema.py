@@ -12,6 +12,7 @@ from typing import Any
 
 from ..prompt import ImageLayout, Turn, is_text
 from ..runtime.sampling import DEFAULT_MAX_TOKENS, SamplingParams
+from ..structured import ANY_OBJECT, ResponseFormat, SchemaError, check
 from .images import RequestError
 
 MAX_STOPS, MAX_STOP_CHARS = 4, 256
@@ -167,6 +168,27 @@ def _include_usage(body: dict[str, Any], stream: bool) -> bool:
     return _flag(options, "include_usage", "stream_options.include_usage")
 
 
+def _response_format(value: Any) -> ResponseFormat | None:
+    """OpenAI's response_format: text (the default), json_object, or json_schema with its schema."""
+    if value is None:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind not in ("text", "json_object", "json_schema"):
+        raise RequestError("response_format must be an object whose type is text, json_object or json_schema",
+                           param="response_format")  # fmt: skip
+    if kind == "text":
+        return None
+    spec = value.get("json_schema") if kind == "json_schema" else {"schema": dict(ANY_OBJECT)}
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+        raise RequestError("response_format.json_schema.schema must be a JSON schema object", param="response_format")
+    fmt = ResponseFormat(spec["schema"])
+    try:
+        check(fmt)
+    except SchemaError as e:
+        raise RequestError(str(e), param="response_format") from None
+    return fmt
+
+
 def parse_chat_request(body: Any, limits: Limits) -> ChatRequest:
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
@@ -192,6 +214,7 @@ def parse_chat_request(body: Any, limits: Limits) -> ChatRequest:
         repetition_penalty=_number(body, "repetition_penalty", float, 0.01, 10, 1.0),
         seed=_number(body, "seed", int, *SEED_RANGE, None),
         max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
+        response_format=_response_format(body.get("response_format")),
     )
     return ChatRequest(turns, system, params, _stop(body), stream, _include_usage(body, stream),
                        max_tokens_given=max_tokens is not None)  # fmt: skip
