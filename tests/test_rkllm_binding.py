@@ -455,3 +455,23 @@ def test_a_conversation_with_fewer_images_than_slots_is_refused(model, stub, boa
     with pytest.raises(ValueError, match="2 image slots but 0 images"):
         board.stream(two, SamplingParams(), TurnStats())
     assert stub.stub_num(b"runs") == runs  # nothing reached RKLLM
+
+
+def test_json_answers_are_refused_on_the_npu_with_the_reason(model, stub, board_bundle):
+    """RKLLM samples inside its library, so no logits reach the JSON mask: the API and the server say so."""
+    pytest.importorskip("llguidance", reason="the [json] extra (llguidance) is not installed")
+    from starlette.testclient import TestClient
+
+    from edgevlm.rk3588.board import BoardError
+    from edgevlm.server.app import create_app
+    from edgevlm.server.settings import ServerSettings
+
+    board = board_engine(board_bundle, model, FakeRknn())
+    runs = stub.stub_num(b"runs")
+    with pytest.raises(BoardError, match="CPU backend"):
+        board.chat("Is it open?", json=True)
+    client = TestClient(create_app(ServerSettings(model=board_bundle), model=board), base_url="http://127.0.0.1")
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Is it open?"}],
+                                                  "response_format": {"type": "json_object"}})  # fmt: skip
+    assert r.status_code == 400 and "--backend cpu" in r.json()["error"]["message"]
+    assert stub.stub_num(b"runs") == runs  # nothing reached the runtime
