@@ -97,3 +97,28 @@ def test_the_server_takes_openai_response_format(small_bundle):
             assert words in e.value.body["message"] and e.value.body["param"] == "response_format"
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="module")
+def qwen_bundle(tmp_path_factory):
+    from edgevlm.convert import ConvertOptions, convert
+    from edgevlm.models import preset
+    from edgevlm.testing import qwen2vl as q
+
+    cfg, root = preset("qwen2-vl-tiny"), tmp_path_factory.mktemp("qwen2vl")
+    q.save_checkpoint(q.reference_model(cfg), cfg, root / "ckpt")
+    convert(root / "ckpt", root / "bundle", ConvertOptions(max_context=1024, accuracy=False), log=lambda m: None)
+    return root / "bundle"
+
+
+@pytest.mark.parametrize("family", ["smolvlm2", "qwen2_vl"])
+def test_every_family_answers_in_json(family, request):
+    """The mask sits in the shared generation loop: the other two families' templates and stop tokens too."""
+    bundle = request.getfixturevalue("smol_bundle" if family == "smolvlm2" else "qwen_bundle")
+    m = edgevlm.load(bundle)
+    for name in ("nested", "bounded array"):
+        session = m.session(max_tiles=1)
+        answer = session.chat("Where is it?", [picture(300, 200, 1)], schema=SCHEMAS[name], max_tokens=160,
+                              temperature=1.0, seed=2)  # fmt: skip
+        assert session.last_stats.generation.finish_reason == "stop", answer
+        jsonschema.validate(json.loads(answer), SCHEMAS[name])
