@@ -34,6 +34,8 @@ from .quant import matmul_nbits
 Weights = Callable[[str], np.ndarray]
 MS = "com.microsoft"
 LLM_PRECISIONS = {"w8a8": 8, "w4a8": 4, "fp32": 0}
+# The constants that make the graph return the last position's logits only (every_position edits them).
+LAST_ROW, LOGITS_SHAPE = "/c/last", "/c/logits"
 
 
 @dataclass(frozen=True)
@@ -136,12 +138,12 @@ def build_decoder_graph(get: Weights, text: TextConfig, path: str | Path, spec: 
         for kv in ("key", "value"):
             g.outputs.append(_value_info(f"present.{i}.{kv}", cache_shape))
     # Only the last position's logits are needed: slice before the final norm and lm_head.
-    last = g.const("/c/last", [-1])
+    last = g.const(LAST_ROW, [-1])
     mlp_last = g.op("Slice", [mlp, last, g.const("/c/end", [2**31]), g.const("/c/axis1", [1])], "/llm/last")
     x_last = g.op("Slice", [x, last, "/c/end", "/c/axis1"], "/llm/last")
     h, _ = b.skip_norm(mlp_last, x_last, "llm.norm.weight", "/llm/norm")
     logits = b.linear(h, get("llm.lm_head.weight"), None, "llm.lm_head", "/llm/lm_head")
-    logits = g.op("Reshape", [logits, g.const("/c/logits", [1, t.vocab_size])], "/llm/lm_head")
+    logits = g.op("Reshape", [logits, g.const(LOGITS_SHAPE, [1, t.vocab_size])], "/llm/lm_head")
     g.output(logits, "logits", TensorProto.FLOAT, [1, t.vocab_size])
     return g.save()
 
@@ -152,7 +154,7 @@ def every_position(path: str | Path) -> onnx.ModelProto:
     model = onnx.load(str(path), load_external_data=False)
     logits = next(o for o in model.graph.output if o.name == "logits")
     vocab = logits.type.tensor_type.shape.dim[-1].dim_value
-    consts = {"/c/last": [0], "/c/logits": [-1, vocab]}  # the slice start and the output's shape
+    consts = {LAST_ROW: [0], LOGITS_SHAPE: [-1, vocab]}  # from the first row on; [S,V] out
     for init in model.graph.initializer:
         if init.name in consts:
             init.CopyFrom(onnx.numpy_helper.from_array(np.asarray(consts[init.name], dtype=np.int64), init.name))
