@@ -74,3 +74,27 @@ def test_offline_falls_back_to_the_tiny_tokenizer(monkeypatch):
     assert tok is tiny_tokenizer() and "no registry" in note
     ids = tok.encode("Describe the image.").ids
     assert ids and max(ids) < QWEN2_BPE_SIZE and tok.decode(ids) == "Describe the image."
+
+
+@pytest.mark.parametrize("make", ["qwen2", "smolvlm2"])
+def test_the_bundle_form_of_a_tokenizer_tokenises_as_the_original(make, request, tmp_path):
+    """save_tokenizer's compact form (merges as strings) is the same tokenizer: every reference case, control
+    strings, and vocabulary and added tokens alike."""
+    from tokenizers import Tokenizer
+
+    from edgevlm.tokenizer import save_tokenizer
+
+    if make == "qwen2":
+        tok, folder = request.getfixturevalue("qwen2")
+        texts = [text for text, _ in reference_cases(folder)]
+    else:
+        tok, texts = request.getfixturevalue("smol_tokenizer"), []
+    texts += ["Describe <image> and <|im_end|> here.", "图片里有一只猫。 emoji 🙂\n\n\tcode: x = f(y)  # ok", "  " * 9]
+    save_tokenizer(tok, tmp_path / "tokenizer.json")
+    again = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert isinstance(json.loads((tmp_path / "tokenizer.json").read_text())["model"]["merges"][0], str)
+    assert again.get_vocab(with_added_tokens=True) == tok.get_vocab(with_added_tokens=True)
+    for text in texts:
+        ids = tok.encode(text, add_special_tokens=False).ids
+        assert again.encode(text, add_special_tokens=False).ids == ids, repr(text)
+        assert again.decode(ids, skip_special_tokens=False) == tok.decode(ids, skip_special_tokens=False)

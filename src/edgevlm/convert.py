@@ -24,7 +24,7 @@ from .graphs.vision import PRECISIONS as VISION_PRECISIONS
 from .graphs.vision import VisionGraphSpec
 from .measure import measure
 from .prompt import PromptEncoder
-from .tokenizer import control_ids, load_tokenizer
+from .tokenizer import control_ids, load_tokenizer, save_tokenizer
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -128,7 +128,7 @@ def _write_bundle(ck: Checkpoint, tokenizer: Tokenizer, tokens: dict[str, int], 
         done = _step(log, 3, steps, "embedding table")
         embed_quant = options.llm != "fp32"
         embed_files = write_embedding(ck.get("llm.embed.weight"), tmp, quantize=embed_quant)
-        tokenizer.save(str(tmp / "tokenizer.json"))
+        save_tokenizer(tokenizer, tmp / "tokenizer.json")
         done()
         figures: dict[str, dict] = {}
         if options.accuracy:
