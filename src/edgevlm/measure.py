@@ -102,16 +102,31 @@ def exchanges(prompt: PromptEncoder) -> list[tuple[list[int], int]]:
     return out
 
 
-def every_logit(session: Any, t: TextConfig, embeds: np.ndarray) -> np.ndarray:
-    """Logits [S,V] of one prefill from an empty cache (the graph of `every_position`)."""
-    n = len(embeds)
-    angles = rope_angles(t, np.arange(n))
+def every_logit(session: Any, t: TextConfig, embeds: np.ndarray, past: list[np.ndarray] | None = None
+                ) -> tuple[np.ndarray, list[np.ndarray]]:  # fmt: skip
+    """Logits [S,V] of one prefill (the graph of `every_position`) after `past`, the KV of an earlier call
+    (none: an empty cache); and the KV after it."""
+    n, cached = len(embeds), past[0].shape[2] if past else 0
+    angles = np.zeros((cached + n, t.head_dim // 2))  # the op wants a row per cached token; the step's lead
+    angles[:n] = rope_angles(t, cached + np.arange(n))
     feeds = {"inputs_embeds": embeds[None].astype(np.float32), "position_ids": np.arange(n, dtype=np.int64)[None],
-             "seqlens_k": np.array([n - 1], dtype=np.int32), "total_sequence_length": np.array(n, dtype=np.int32),
+             "seqlens_k": np.array([cached + n - 1], dtype=np.int32),
+             "total_sequence_length": np.array(cached + n, dtype=np.int32),
              "rope_cos": np.cos(angles).astype(np.float32), "rope_sin": np.sin(angles).astype(np.float32)}  # fmt: skip
+    names = [f"{i}.{kv}" for i in range(t.num_layers) for kv in ("key", "value")]
     empty = np.zeros((1, t.num_kv_heads, n, t.head_dim), dtype=np.float32)
-    feeds |= {f"past.{i}.{kv}": empty for i in range(t.num_layers) for kv in ("key", "value")}
-    return session.run(["logits"], feeds)[0]
+    feeds |= {f"past.{name}": past[k] if past else empty for k, name in enumerate(names)}
+    logits, *present = session.run(["logits", *(f"present.{name}" for name in names)], feeds)
+    return logits, present
+
+
+def _shared_prefix(sequences: list[list[int]]) -> int:
+    """How many leading ids all the sequences have in common."""
+    first = sequences[0]
+    for i in range(min(map(len, sequences))):
+        if any(seq[i] != first[i] for seq in sequences):
+            return i
+    return min(map(len, sequences))
 
 
 def measure_llm(text: TextConfig, samples: list[tuple[list[int], int]], quantised: Path, reference: Path,
@@ -120,9 +135,13 @@ def measure_llm(text: TextConfig, samples: list[tuple[list[int], int]], quantise
     table beside it) against fp32, at each answer position of `samples` (ids, where the answer starts)."""
     table = EmbeddingTable(quantised.parent)
     logits: list[list[np.ndarray]] = [[], []]
+    # The exchanges share the template's opening (InternVL3's system message): run it once, continue each.
+    shared = min(_shared_prefix([ids for ids, _ in samples]), min(start for _, start in samples) - 1)
     for k, (graph, embed) in enumerate(((reference, lambda ids: reference_embed[ids]), (quantised, table))):
         session = session_from_proto(every_position(graph), graph.parent)
-        logits[k] = [every_logit(session, text, embed(ids))[start - 1 : -1] for ids, start in samples]
+        past = every_logit(session, text, embed(samples[0][0][:shared]))[1] if shared else None
+        logits[k] = [every_logit(session, text, embed(ids[shared:]), past)[0][start - 1 - shared : -1]
+                     for ids, start in samples]  # fmt: skip
         del session
     ref, quant = np.concatenate(logits[0]), np.concatenate(logits[1])
     kl, c = kl_divergences(ref, quant), cosines(ref, quant)
