@@ -61,11 +61,15 @@ def _grammar(text: str) -> str:
     try:
         grammar = matcher.grammar_from_json_schema(text, defaults=COMPACT)
     except ValueError as e:
-        raise SchemaError(f"the JSON schema cannot be used: {e}") from None
+        raise _unusable(str(e)) from None
     failed, messages = matcher.validate_grammar_with_warnings(grammar)
     if failed:
-        raise SchemaError(f"the JSON schema cannot be used: {' '.join(messages[0].split())[:300]}")
+        raise _unusable(messages[0])
     return grammar
+
+
+def _unusable(detail: str) -> SchemaError:
+    return SchemaError(f"the JSON schema cannot be used: {' '.join(detail.split())[:300]}")
 
 
 def check(fmt: ResponseFormat) -> None:
@@ -80,10 +84,9 @@ class JsonConstraint:
         lg = _llguidance()
         self._matcher = lg.LLMatcher(_vocabulary(tokenizer, n_vocab, stop), _grammar(fmt.text))
         if self._matcher.is_error():
-            raise SchemaError(f"the JSON schema cannot be used: {self._matcher.get_error()[:300]}")
+            raise _unusable(self._matcher.get_error())
         self._bits = np.zeros((1, (n_vocab + 31) // 32), dtype=np.int32)
         self._fill = lg.numpy.fill_next_token_bitmask
-        self.n_vocab = n_vocab
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
         """The logits with every token the schema forbids next set to -inf."""
@@ -94,8 +97,3 @@ class JsonConstraint:
     def consume(self, token: int) -> None:
         if not self._matcher.consume_token(token):
             raise RuntimeError(f"the JSON matcher refused token {token}: {self._matcher.get_error()[:200]}")
-
-    @property
-    def complete(self) -> bool:
-        """Whether the answer so far is a whole document the schema accepts."""
-        return bool(self._matcher.is_accepting())
