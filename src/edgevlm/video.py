@@ -1,0 +1,111 @@
+"""Video clips: opened and decoded with PyAV (FFmpeg ships in its wheels; the `video` extra), imported on
+first use. `probe` reads what a clip holds without decoding it; `read_frames` decodes the frames asked for.
+
+Every way a clip can be bad is one VideoError naming it: not a video FFmpeg can read, audio only, no
+frames, frames over the pixel limit, too long, a GIF (an image: pass it as one), damaged or truncated.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .image import DEFAULT_MAX_PIXELS
+
+MAX_FRAMES_IN_CLIP = 1_000_000  # frames a clip may hold (~9 h at 30 fps): beyond, counting them is the attack
+VideoSource = str | Path | bytes
+
+
+class VideoError(ValueError):
+    """A clip that cannot be used, or no video decoder installed."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    frames: int  # counted from the stream's packets, not taken from the header
+    fps: float
+    width: int
+    height: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.fps if self.fps else 0.0
+
+
+def _av() -> Any:
+    try:
+        import av
+    except ImportError:
+        raise VideoError("videos need PyAV: pip install 'edgevlm[video]'") from None
+    return av
+
+
+def _name(source: VideoSource) -> str:
+    return "the video" if isinstance(source, bytes) else str(source)
+
+
+def _open(source: VideoSource) -> Any:
+    av, name = _av(), _name(source)
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        raise VideoError(f"{name}: no such file")
+    try:
+        container = av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source))
+    except av.error.EOFError:  # a header, then nothing: FFmpeg's probe reached the end
+        raise VideoError(f"{name}: has no frames") from None
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+        raise VideoError(f"{name}: not a video FFmpeg can read, or damaged or truncated ({type(e).__name__})") from None
+    if container.format.name == "gif" or "gif" in container.format.name.split(","):
+        container.close()
+        raise VideoError(f"{name}: a GIF is an image; pass it as one")
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{name}: has no video stream (audio only?)")
+    return container
+
+
+def probe(source: VideoSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> VideoInfo:
+    """What the clip holds: its frames (counted), frame rate and size; refused past the limits."""
+    av, name = _av(), _name(source)
+    with _open(source) as container:
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width * height > max_pixels:
+            raise VideoError(f"{name}: frames of {width}x{height} are over the limit of {max_pixels} pixels")
+        frames = 0
+        try:
+            for packet in container.demux(stream):
+                frames += packet.size > 0
+                if frames > MAX_FRAMES_IN_CLIP:
+                    raise VideoError(f"{name}: more than {MAX_FRAMES_IN_CLIP} frames; cut the clip")
+        except av.error.FFmpegError:
+            raise VideoError(f"{name}: damaged or truncated (its packets cannot be read)") from None
+        rate = float(stream.average_rate or stream.guessed_rate or 0)
+    if frames == 0:
+        raise VideoError(f"{name}: has no frames")
+    return VideoInfo(frames, rate, width, height)
+
+
+def read_frames(source: VideoSource, indices: Sequence[int], *, max_pixels: int = DEFAULT_MAX_PIXELS
+                ) -> list[Image.Image]:  # fmt: skip
+    """The frames at `indices` (0-based, in decoding order) as RGB images."""
+    av, name, wanted = _av(), _name(source), sorted(set(indices))
+    probe(source, max_pixels=max_pixels)
+    found: dict[int, Image.Image] = {}
+    with _open(source) as container:
+        try:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in wanted:
+                    found[i] = frame.to_image().convert("RGB")
+                if i >= wanted[-1]:
+                    break
+        except av.error.FFmpegError:
+            pass  # judged below: the frames asked for are there or not
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise VideoError(f"{name}: damaged or truncated (frame {missing[0]} cannot be decoded)")
+    return [found[i] for i in indices]

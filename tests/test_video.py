@@ -1,0 +1,80 @@
+"""Video clips read with PyAV: frames counted and decoded exactly, and every bad clip a one-line VideoError.
+The clips are written here with PyAV itself."""
+
+import numpy as np
+import pytest
+
+av = pytest.importorskip("av", reason="the [video] extra (PyAV) is not installed")
+
+from edgevlm.video import VideoError, probe, read_frames  # noqa: E402
+
+
+def write_clip(path, frames=12, size=(64, 48), fps=6, codec="mpeg4", container=None):
+    """A clip whose frame i is a flat grey of level 20 * i (so a decoded frame tells its index)."""
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p" if codec != "gif" else "rgb8"
+        out.start_encoding()  # the header, even for a clip of no frames
+        for i in range(frames):
+            pixels = np.full((size[1], size[0], 3), 20 * i % 256, dtype=np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        out.mux(stream.encode(None))
+    return path
+
+
+def level(img):
+    return float(np.asarray(img, dtype=np.float64).mean())
+
+
+def test_frames_are_counted_and_decoded_by_index(tmp_path):
+    clip = write_clip(tmp_path / "clip.mp4", frames=12, fps=6)
+    info = probe(clip)
+    assert (info.frames, info.fps, info.width, info.height) == (12, 6.0, 64, 48) and info.duration == 2.0
+    frames = read_frames(clip, [0, 5, 11, 5])
+    assert [f.size for f in frames] == [(64, 48)] * 4 and frames[1] is frames[3]
+    assert [round(level(f) / 20) for f in frames] == [0, 5, 11, 5]  # each frame is the one asked for
+    assert read_frames(clip.read_bytes(), [3])[0].tobytes() == read_frames(clip, [3])[0].tobytes()  # bytes too
+
+
+def test_bad_clips_are_one_line_errors(tmp_path):
+    clip = write_clip(tmp_path / "clip.mp4", frames=30)
+    half_mp4 = tmp_path / "half.mp4"  # MP4 keeps its index at the end: cut, it cannot be opened
+    half_mp4.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    mkv = write_clip(tmp_path / "clip.mkv", frames=30)  # Matroska opens cut: the later frames are gone
+    half = tmp_path / "half.mkv"
+    half.write_bytes(mkv.read_bytes()[: mkv.stat().st_size // 2])
+    gif = write_clip(tmp_path / "anim.gif", frames=4, codec="gif", container="gif")
+    audio = tmp_path / "sound.m4a"
+    with av.open(str(audio), "w") as out:
+        stream = out.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    empty = write_clip(tmp_path / "empty.mkv", frames=0)
+    (tmp_path / "text.mp4").write_text("not a video at all")
+    cases = [
+        (lambda: read_frames(half, [29]), r"truncated \(frame 29 cannot be decoded\)"),
+        (lambda: probe(half_mp4), "damaged or truncated"),
+        (lambda: probe(gif), "GIF"),
+        (lambda: probe(audio), "no video stream"),
+        (lambda: probe(empty), "no frames"),
+        (lambda: probe(tmp_path / "text.mp4"), "not a video"),
+        (lambda: probe(tmp_path / "missing.mp4"), "no such file"),
+        (lambda: probe(clip, max_pixels=64 * 47), "over the limit"),
+        (lambda: probe(b"\x00" * 100), "not a video"),
+    ]
+    for call, words in cases:
+        with pytest.raises(VideoError, match=words) as e:
+            call()
+        assert "\n" not in str(e.value)
+    assert len(read_frames(half, [0])) == 1  # what is there before the cut still decodes
+
+
+def test_without_pyav_a_video_is_a_one_line_error_naming_the_extra(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "av", None)  # as if the extra were not installed
+    with pytest.raises(VideoError, match=r"pip install 'edgevlm\[video\]'"):
+        probe(tmp_path / "clip.mp4")
