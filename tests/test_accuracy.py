@@ -24,7 +24,7 @@ def _recomputed_vision(quantised, reference):
     features = []
     for bundle in (reference, quantised):
         enc = OrtVisionEncoder(bundle / "vision.onnx", cache=False)
-        tiling = tiling_of(m).capped(1, measure.PROBE_PIXELS)
+        tiling = tiling_of(m).capped(1)
         features.append(np.concatenate([enc.run(f).reshape(-1, m.model.text.hidden_size)
                                         for p in measure.probe_pictures()
                                         for f in family.vision_inputs(m.model, tiling.load(p))]))  # fmt: skip

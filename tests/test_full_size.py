@@ -110,7 +110,7 @@ def test_full_size_conversion_records_what_quantising_cost(full, tmp_path):
     convert(ck.path, out, ConvertOptions(max_context=1024), log=lambda m: None)
     m = open_bundle(out)
     vision, llm, width = m.parts["vision"].accuracy, m.parts["llm"].accuracy, m.model.text.hidden_size
-    tiles = tiling_of(m).capped(1, measure.PROBE_PIXELS).load(measure.probe_pictures()[0])
+    tiles = tiling_of(m).capped(1).load(measure.probe_pictures()[0])
     with torch.no_grad():
         ref = model.get_image_features(torch.from_numpy(tiles.pixels), vision_feature_layer=-1,
                                        vision_feature_select_strategy="default").pooler_output.numpy()  # fmt: skip

@@ -31,7 +31,9 @@ from .runtime.rope import rope_angles
 from .runtime.vision import OrtVisionEncoder
 
 REFERENCE_COPIES = 2.1  # an fp32 reference's peak over its weights' size while loading (measured 2.0 at 2B)
-PROBE_PIXELS = 448 * 448  # one tile (a Qwen2-VL image of at most this area): a few seconds at the 1B shape
+# Photo-like 4:3 scenes (width, height, sun); each becomes one tile of the family's own size (Qwen2-VL, which
+# takes an image whole: 300 tokens for the first).
+PICTURES = ((560, 420, (400, 90)), (640, 480, (120, 70)))
 EXCHANGES = (  # (question, answer): the answer's positions are scored
     ("Describe the image.", "A red bicycle leans against a brick wall next to a blue door in the afternoon sun."),
     ("What do I need to make this?", "You need flour, two eggs, a cup of milk, a pinch of salt and some butter."),
@@ -45,7 +47,7 @@ def probe_pictures(count: int = 1) -> list[Image.Image]:
     default: an fp32 tile of the 1B model's encoder takes 4.5 s here, the int8 one 1.5 s."""
     rng = np.random.default_rng(0)
     pictures = []
-    for width, height, sun in ((448, 448, (330, 90)), (640, 448, (120, 70)))[:count]:
+    for width, height, sun in PICTURES[:count]:
         sky = np.linspace([90, 150, 230], [200, 225, 250], height)[:, None, :].repeat(width, 1)
         img = Image.fromarray(sky.astype(np.uint8))
         d = ImageDraw.Draw(img)
@@ -81,7 +83,7 @@ def kl_divergences(reference: np.ndarray, logits: np.ndarray) -> np.ndarray:
 
 def measure_vision(family: Any, cfg: Any, quantised: Path, reference: Path) -> VisionAccuracy:
     """Cosine of the quantised vision graph's features to the fp32 graph's, on the probe pictures."""
-    tiling = family.tiling(cfg, cfg.min_tiles, cfg.max_tiles).capped(1, PROBE_PIXELS)
+    tiling = family.tiling(cfg, cfg.min_tiles, cfg.max_tiles).capped(1)
     feeds = [f for p in probe_pictures() for f in family.vision_inputs(cfg, tiling.load(p))]
     runs = []
     for graph in (reference, quantised):
