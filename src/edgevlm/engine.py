@@ -110,6 +110,15 @@ class Engine(Protocol):
 # -- what both backends take from a bundle -----------------------------------------------------
 
 
+def common_prefix(a: Sequence[object], b: Sequence[object]) -> int:
+    """How many leading items a and b have in common."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
 def load_part(name: str, loader: Callable[[], T]) -> T:
     """Load one part of a bundle; a part that its library cannot read is a BundleError naming it.
     (ONNX Runtime and tokenizers raise their own, untyped exceptions for a damaged file.)"""

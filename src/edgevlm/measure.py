@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from .accuracy import LlmAccuracy, VisionAccuracy, warnings
 from .config import TextConfig
 from .embedding import EmbeddingTable
+from .engine import common_prefix
 from .graphs.decoder import DecoderGraphSpec, build_decoder_graph, every_position
 from .graphs.vision import VisionGraphSpec
 from .prompt import PromptEncoder, Turn
@@ -122,15 +123,6 @@ def every_logit(session: Any, t: TextConfig, embeds: np.ndarray, past: list[np.n
     return logits, present
 
 
-def _shared_prefix(sequences: list[list[int]]) -> int:
-    """How many leading ids all the sequences have in common."""
-    first = sequences[0]
-    for i in range(min(map(len, sequences))):
-        if any(seq[i] != first[i] for seq in sequences):
-            return i
-    return min(map(len, sequences))
-
-
 def measure_llm(text: TextConfig, samples: list[tuple[list[int], int]], quantised: Path, reference: Path,
                 reference_embed: np.ndarray) -> LlmAccuracy:  # fmt: skip
     """Logit KL, cosine and top-1 agreement of the quantised language model (its graph, and the embedding
@@ -138,7 +130,7 @@ def measure_llm(text: TextConfig, samples: list[tuple[list[int], int]], quantise
     table = EmbeddingTable(quantised.parent)
     logits: list[list[np.ndarray]] = [[], []]
     # The exchanges share the template's opening (InternVL3's system message): run it once, continue each.
-    shared = min(_shared_prefix([ids for ids, _ in samples]), min(start for _, start in samples) - 1)
+    shared = min(min(common_prefix(samples[0][0], ids) for ids, _ in samples), min(s for _, s in samples) - 1)
     for k, (graph, embed) in enumerate(((reference, lambda ids: reference_embed[ids]), (quantised, table))):
         session = session_from_proto(every_position(graph), graph.parent)
         past = every_logit(session, text, embed(samples[0][0][:shared]))[1] if shared else None

@@ -22,7 +22,16 @@ import numpy as np
 from . import models
 from .bundle import Manifest, open_bundle
 from .embedding import EmbeddingTable
-from .engine import BundleEngine, Conversation, EncodedImage, TurnStats, load_part, load_prompt, without_lead
+from .engine import (
+    BundleEngine,
+    Conversation,
+    EncodedImage,
+    TurnStats,
+    common_prefix,
+    load_part,
+    load_prompt,
+    without_lead,
+)
 from .runtime.decoder import OrtLanguageModel
 from .runtime.generate import StreamChunk, stream_generate
 from .runtime.rope import mrope_positions
@@ -31,13 +40,6 @@ from .runtime.vision import OrtVisionEncoder
 
 KNOWN_ANSWERS = 256  # generated answers whose exact ids are remembered for later turns
 
-
-def _common_prefix(a: Sequence[object], b: Sequence[object]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 class VLM(BundleEngine):
@@ -182,7 +184,7 @@ class VLM(BundleEngine):
         """How many cached rows the prompt `keys` re-uses. The last prompt token is always fed: it gives the
         logits. With `shared`, only whole earlier requests (prompt, or prompt and answer) or the public
         opening of the template count, so the figure says nothing about a partial match."""
-        common = min(_common_prefix(self._cached, keys), len(keys) - 1)
+        common = min(common_prefix(self._cached, keys), len(keys) - 1)
         if not shared:
             return common
         public = len(self._public) if keys[: len(self._public)] == self._public else 0
