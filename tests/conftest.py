@@ -103,3 +103,43 @@ def smol_bundle(smol_ckpt, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("smol") / "bundle"
     convert(smol_ckpt, out, ConvertOptions(llm="fp32", vision="fp32"), log=lambda m: None)
     return out
+
+
+# -- Qwen2-VL: a tiny random model, both namings, with the Qwen2 test tokenizer --------------------------
+
+
+@pytest.fixture(scope="session")
+def qwen_cfg():
+    return preset("qwen2-vl-tiny")
+
+
+@pytest.fixture(scope="session")
+def qwen_ref(qwen_cfg):
+    """The transformers Qwen2-VL whose weights the tiny checkpoints hold (bf16-rounded, float32)."""
+    from edgevlm.testing import qwen2vl
+
+    model = qwen2vl.reference_model(qwen_cfg)
+    round_parameters(model, "bf16")
+    return model
+
+
+@pytest.fixture(scope="session")
+def qwen_ckpts(qwen_ref, qwen_cfg, tmp_path_factory) -> dict[str, Path]:
+    """naming -> folder of the same tiny Qwen2-VL."""
+    from edgevlm.testing import qwen2vl
+
+    root, out = tmp_path_factory.mktemp("qwen2vl"), {}
+    for naming in ("hf", "original"):
+        out[naming] = root / naming
+        qwen2vl.save_checkpoint(qwen_ref, qwen_cfg, out[naming], naming=naming)
+    return out
+
+
+@pytest.fixture(scope="session")
+def qwen_bundle(qwen_ckpts, tmp_path_factory) -> Path:
+    """The tiny Qwen2-VL converted at full precision (parity with the reference)."""
+    from edgevlm.convert import ConvertOptions, convert
+
+    out = tmp_path_factory.mktemp("qwen2vl") / "fp32"
+    convert(qwen_ckpts["original"], out, ConvertOptions(llm="fp32", vision="fp32"), log=lambda m: None)
+    return out

@@ -29,7 +29,7 @@ def family_encoder(tokenizer, family="internvl3", preset="tiny"):
 
     module = models.family(family)
     fmt = module.prompt_format(module.PRESETS[preset])
-    return PromptEncoder(tokenizer, fmt, control_ids(tokenizer, fmt.controls))
+    return PromptEncoder(tokenizer, fmt, control_ids(tokenizer, fmt.all_controls))
 
 
 def run_edgevlm(*args: str, stdin: str | bytes | None = None, env: dict | None = None):

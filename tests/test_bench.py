@@ -9,17 +9,21 @@ from edgevlm.models import preset, preset_name
 
 
 def test_bench_json_on_a_tiny_bundle(tiny_ckpt, tmp_path):
+    from edgevlm.testing.clips import write_clip
+
     convert(tiny_ckpt["hf"], tmp_path / "b", ConvertOptions(), log=lambda m: None)
-    out = tmp_path / "bench.json"
+    out, clip = tmp_path / "bench.json", write_clip(tmp_path / "clip.mp4", frames=20, fps=5, flat=False)
     r = subprocess.run([sys.executable, "-m", "edgevlm", "bench", "-m", str(tmp_path / "b"), "--runs", "2",
-                        "--gen-tokens", "8", "--tiles", "2", "--json", str(out)],
-                       capture_output=True, text=True, check=True)  # fmt: skip
+                        "--gen-tokens", "8", "--tiles", "2", "--json", str(out), "--video", str(clip),
+                        "--video-frames", "3"], capture_output=True, text=True, check=True)  # fmt: skip
     assert "| board demo" not in r.stdout and "time to first token" in r.stdout  # no published row for "tiny"
     d = json.loads(out.read_text())
     for key in KEYS + EXTRA:
         assert set(d[key]) == {"median", "min", "max"}, key
         assert 0 < d[key]["min"] <= d[key]["median"] <= d[key]["max"], key
     assert d["tiles"] == 3  # two tiles and the thumbnail
+    assert d["video_frames"]["median"] == 3 and d["video_prompt_tokens"]["min"] > 3 * 256
+    assert "| video: vision per frame |" in r.stdout
     assert d["runs"] == 2 and d["gen_tokens"] == 8 and d["threads"] >= 1 and d["bundle"].endswith("b")
     assert d["prompt_tokens"] > 3 * 256
     for s in d["samples"]:  # the first token waits for the vision encoder and the prefill

@@ -19,18 +19,13 @@ from helpers import family_encoder, picture
 
 
 @pytest.fixture(scope="module")
-def cfg():
-    return preset("qwen2-vl-tiny")
+def cfg(qwen_cfg):
+    return qwen_cfg
 
 
 @pytest.fixture(scope="module")
-def ckpts(cfg, tmp_path_factory):
-    root, model = tmp_path_factory.mktemp("qwen2vl"), q.reference_model(cfg)
-    out = {}
-    for naming in ("hf", "original"):
-        out[naming] = root / naming
-        q.save_checkpoint(model, cfg, out[naming], naming=naming)
-    return out
+def ckpts(qwen_ckpts):
+    return qwen_ckpts
 
 
 @pytest.fixture(scope="module")
@@ -157,12 +152,8 @@ def test_system_message_and_typed_control_tokens(cfg, tok, proc):
 
 
 @pytest.fixture(scope="module")
-def ref_model(cfg):
-    from edgevlm.testing.random_checkpoint import round_parameters
-
-    model = q.reference_model(cfg)
-    round_parameters(model, "bf16")
-    return model
+def ref_model(qwen_ref):
+    return qwen_ref
 
 
 @pytest.mark.parametrize("size", [(392, 392), (640, 480), (90, 700)])
@@ -199,12 +190,8 @@ IM_END = 151645
 
 
 @pytest.fixture(scope="module")
-def bundle(ckpts, tmp_path_factory):
-    from edgevlm.convert import ConvertOptions, convert
-
-    out = tmp_path_factory.mktemp("qwen2vl") / "fp32"
-    convert(ckpts["original"], out, ConvertOptions(llm="fp32", vision="fp32"), log=lambda m: None)
-    return out
+def bundle(qwen_bundle):
+    return qwen_bundle
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +257,7 @@ def test_positions_equal_get_rope_index(model, ref_model, proc, sizes):
         ref, _ = ref_model.model.get_rope_index(inputs["input_ids"], (inputs["input_ids"] == 151655).int(), grid)
     ids = inputs["input_ids"][0].tolist()
     grids = [(int(w) // 2, int(h) // 2) for _, h, w in grid.tolist()] if grid is not None else []
-    np.testing.assert_array_equal(mrope_positions(ids, 151655, grids), ref[:, 0].numpy().T)
+    np.testing.assert_array_equal(mrope_positions(ids, {151655}, [(1, *g) for g in grids]), ref[:, 0].numpy().T)
 
 
 def test_two_turns_equal_transformers_and_prefill_only_the_new_turn(model, ref_model, proc):

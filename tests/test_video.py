@@ -6,21 +6,8 @@ import pytest
 
 av = pytest.importorskip("av", reason="the [video] extra (PyAV) is not installed")
 
+from edgevlm.testing.clips import write_clip  # noqa: E402
 from edgevlm.video import VideoError, probe, read_frames  # noqa: E402
-
-
-def write_clip(path, frames=12, size=(64, 48), fps=6, codec="mpeg4", container=None):
-    """A clip whose frame i is a flat grey of level 20 * i (so a decoded frame tells its index)."""
-    with av.open(str(path), "w", format=container) as out:
-        stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height = size
-        stream.pix_fmt = "yuv420p" if codec != "gif" else "rgb8"
-        out.start_encoding()  # the header, even for a clip of no frames
-        for i in range(frames):
-            pixels = np.full((size[1], size[0], 3), 20 * i % 256, dtype=np.uint8)
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
-        out.mux(stream.encode(None))
-    return path
 
 
 def level(img):

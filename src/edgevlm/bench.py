@@ -35,7 +35,8 @@ from .runtime.sampling import SamplingParams
 KEYS = ("load_cold_s", "load_warm_s", "vision_ms_per_tile", "prefill_tok_s", "ttft_ms", "decode_tok_s", "peak_rss_mb")
 EXTRA = ("llm_load_cold_s", "llm_load_warm_s", "vision_load_cold_s", "vision_load_warm_s", "vision_ms",
          "prefill_tokens", "prefill_ms", "memory_read_gbs", "decode_ceiling_tok_s", "decode_of_ceiling",
-         "json_decode_tok_s", "json_tokens")  # fmt: skip
+         "json_decode_tok_s", "json_tokens", "video_frames", "video_ms_per_frame", "video_ttft_ms",
+         "video_prompt_tokens", "video_peak_rss_mb")  # fmt: skip
 # A dozen fields of each kind a dashboard reads: the constrained answer's decode speed is measured with it.
 BENCH_SCHEMA = {"type": "object", "additionalProperties": False, "required": [f"field{i}" for i in range(12)],
                 "properties": {f"field{i}": [{"type": "string", "maxLength": 16}, {"enum": ["red", "green", "blue"]},
@@ -62,6 +63,8 @@ class BenchOptions:
     runs: int = 3
     threads: int | None = None
     backend: str = "auto"  # auto, cpu or rk3588
+    video: Path | None = None  # a clip to ask about too (frames sampled as the model does, at most video_frames)
+    video_frames: int | None = None
 
 
 def drop_page_cache(paths: list[Path]) -> bool:
@@ -160,6 +163,7 @@ def run_once(opts: BenchOptions) -> dict[str, float]:
         "memory_read_gbs": gbs,
     }  # fmt: skip
     out.update(json_figures)
+    out.update(_video(opts, question, params))
     if weights:  # the NPU backend's weights are RKLLM's own: no ceiling to give
         out["decode_ceiling_tok_s"] = ceiling = gbs * 1e9 / weights
         out["decode_of_ceiling"] = g.decode_tok_s / ceiling
@@ -185,6 +189,27 @@ def _json_decode(model: Any, question: str, opts: BenchOptions) -> dict[str, flo
     for _ in model.stream(Conversation([Turn(question + " Answer in JSON.", ())], []), params, s):
         pass
     return {"json_decode_tok_s": s.generation.decode_tok_s, "json_tokens": float(s.generation.generated_tokens)}
+
+
+def _video(opts: BenchOptions, question: str, params: SamplingParams) -> dict[str, float]:
+    """A question about the clip, after a warm load (its vision encoder loaded): frames, vision time per
+    frame, first token and the process's peak memory after it. Nothing without a clip."""
+    if opts.video is None:
+        return {}
+    from .engine import Conversation, TurnStats
+    from .prompt import Turn
+    from .session import video_budget
+    from .video import FrameSampling
+
+    model, *_ = _timed_load(opts)
+    budget = video_budget(model.context_length, params.max_tokens)
+    video = model.encode_video(opts.video, frames=FrameSampling(opts.video_frames), budget=budget)
+    s = TurnStats()
+    for _ in model.stream(Conversation([Turn(question, videos=(video.layout,))], videos=[video]), params, s):
+        pass
+    return {"video_frames": float(s.frames), "video_ms_per_frame": s.frames_ms / max(s.frames_encoded, 1),
+            "video_ttft_ms": s.ttft_ms, "video_prompt_tokens": float(s.prompt_tokens),
+            "video_peak_rss_mb": _rss_peak_mb()}  # fmt: skip
 
 
 def _run_in_child(opts: BenchOptions) -> dict[str, float]:
@@ -242,6 +267,9 @@ def format_table(r: dict[str, Any]) -> str:
         *([("decode, answer constrained to a 12-field JSON schema", "json_decode_tok_s", "tokens/s")]
           if "json_decode_tok_s" in r else []),
         ("peak resident memory", "peak_rss_mb", "MB"),
+        *([("video: frames taken", "video_frames", ""), ("video: vision per frame", "video_ms_per_frame", "ms"),
+           ("video: prompt", "video_prompt_tokens", "tokens"), ("video: time to first token", "video_ttft_ms", "ms"),
+           ("video: peak resident memory", "video_peak_rss_mb", "MB")] if "video_frames" in r else []),
     ]  # fmt: skip
     rows = [
         f"| {name} | {r[k]['median']:.2f} {unit} | {r[k]['min']:.2f} | {r[k]['max']:.2f} |" for name, k, unit in stages

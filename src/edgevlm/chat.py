@@ -14,18 +14,21 @@ from .prompt import is_text
 from .runtime.decoder import ContextOverflow
 from .runtime.sampling import SamplingParams
 from .session import ChatSession
+from .video import NO_BOUNDS, FrameSampling, VideoError
 
-HELP = "commands: /image PATH (attach to the next question), /clear, /stats, /exit"
+HELP = "commands: /image PATH, /video PATH (attach to the next question), /clear, /stats, /exit"
 
 
 @dataclass(frozen=True)
 class ChatOptions:
     bundle: Path
     images: tuple[Path, ...] = ()
+    videos: tuple[Path, ...] = ()
     prompt: str | None = None
     system: str | None = None
     max_tiles: int | None = None
     max_pixels: int | None = None
+    frames: FrameSampling = NO_BOUNDS  # each video's frames: how many at most, at what rate
     stats: bool = False
     threads: int | None = None
     backend: str = "auto"  # auto, cpu or rk3588
@@ -33,8 +36,20 @@ class ChatOptions:
     sampling: SamplingParams = field(default_factory=SamplingParams)
 
 
-def _pieces(session: ChatSession, question: str, images: list[Path], opts: ChatOptions) -> Iterator[str]:
-    return (chunk.text for chunk in session.ask(question, images, opts.sampling))
+@dataclass
+class Attached:
+    """Files that go with the next question."""
+
+    images: list[Path] = field(default_factory=list)
+    videos: list[Path] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.images.clear()
+        self.videos.clear()
+
+
+def _pieces(session: ChatSession, question: str, files: Attached, opts: ChatOptions) -> Iterator[str]:
+    return (chunk.text for chunk in session.ask(question, files.images, opts.sampling, videos=files.videos))
 
 
 def _stream_plain(pieces: Iterator[str], out: TextIO) -> None:
@@ -57,9 +72,9 @@ def _stream_markdown(pieces: Iterator[str]) -> None:
             live.update(Markdown(text))
 
 
-def _answer(session: ChatSession, question: str, images: list[Path], opts: ChatOptions,
+def _answer(session: ChatSession, question: str, files: Attached, opts: ChatOptions,
             markdown: bool) -> None:  # fmt: skip
-    pieces = _pieces(session, question, images, opts)
+    pieces = _pieces(session, question, files, opts)
     try:
         _stream_markdown(pieces) if markdown else _stream_plain(pieces, sys.stdout)
     finally:
@@ -76,18 +91,19 @@ def open_session(opts: ChatOptions) -> ChatSession:
 
     model = load(opts.bundle, threads=opts.threads, backend=opts.backend)
     model.image_cache.resize(opts.image_cache_mb)
-    return model.session(opts.system, max_tiles=opts.max_tiles, max_pixels=opts.max_pixels)
+    return model.session(opts.system, max_tiles=opts.max_tiles, max_pixels=opts.max_pixels, frames=opts.frames)
 
 
 def run_chat(opts: ChatOptions) -> int:
     session = open_session(opts)
+    files = Attached(list(opts.images), list(opts.videos))
     if opts.prompt is not None:
-        _answer(session, opts.prompt, list(opts.images), opts, markdown=False)
+        _answer(session, opts.prompt, files, opts, markdown=False)
         return 0
-    return _interactive(session, list(opts.images), opts)
+    return _interactive(session, files, opts)
 
 
-def _interactive(session: ChatSession, pending: list[Path], opts: ChatOptions) -> int:
+def _interactive(session: ChatSession, pending: Attached, opts: ChatOptions) -> int:
     markdown = sys.stdout.isatty()
     print(f"edgevlm chat: {opts.bundle}. {HELP}", file=sys.stderr)
     if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 arrive as surrogates, checked below
@@ -112,12 +128,12 @@ def _interactive(session: ChatSession, pending: list[Path], opts: ChatOptions) -
             _answer(session, line, pending, opts, markdown)
         except KeyboardInterrupt:
             print("\n(stopped)", file=sys.stderr)  # the partial answer stays in the history
-        except (ImageError, ContextOverflow, ValueError) as e:
+        except (ImageError, VideoError, ContextOverflow, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
         pending.clear()
 
 
-def _command(session: ChatSession, line: str, pending: list[Path]) -> str | None:
+def _command(session: ChatSession, line: str, pending: Attached) -> str | None:
     name, _, arg = line.partition(" ")
     if name in ("/exit", "/quit"):
         return "exit"
@@ -125,13 +141,13 @@ def _command(session: ChatSession, line: str, pending: list[Path]) -> str | None
         session.clear()
         pending.clear()
         print("(conversation cleared)", file=sys.stderr)
-    elif name == "/image":
+    elif name in ("/image", "/video"):
         path = Path(arg.strip()).expanduser()
         if not path.is_file():
             print(f"error: {path}: no such file", file=sys.stderr)
         else:
-            pending.append(path)
-            print(f"(image {path.name} will go with your next question)", file=sys.stderr)
+            (pending.images if name == "/image" else pending.videos).append(path)
+            print(f"({name[1:]} {path.name} will go with your next question)", file=sys.stderr)
     elif name == "/stats":
         print(session.last_stats.summary() if session.last_stats else "(no answer yet)", file=sys.stderr)
     else:

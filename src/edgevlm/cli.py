@@ -13,6 +13,7 @@ from . import BACKENDS, __version__
 from .feature_cache import DEFAULT_IMAGE_CACHE_MB
 from .runtime.sampling import SamplingParams
 from .structured import ResponseFormat, SchemaError, check
+from .video import MAX_SAMPLED_FRAMES, FrameSampling
 
 
 class UserError(Exception):
@@ -112,6 +113,8 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("chat", help="ask about images: once with -p, or an interactive chat")
     p.add_argument("-m", "--model", type=Path, required=True, help="bundle folder")
     p.add_argument("-i", "--image", type=Path, action="append", default=[], help="image file (repeatable)")
+    p.add_argument("-v", "--video", type=Path, action="append", default=[],
+                   help="video clip (repeatable; needs the [video] extra)")
     p.add_argument("-p", "--prompt", help="answer this once and exit (only the answer goes to stdout)")
     p.add_argument("--system", help="system message (default: the model's own, if it has one)")
     d = SamplingParams()
@@ -129,6 +132,12 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=_number(int, "--max-pixels", 1), default=None,
                    help="resize each image to at most this area in pixels, which bounds its tokens (Qwen2-VL: one "
                         "token per 28x28 px, e.g. 401408 for 512 tokens; tile models: that many tiles' area)")
+    p.add_argument("--frames", type=_number(int, "--frames", 1, MAX_SAMPLED_FRAMES), default=None,
+                   help="most frames taken from each video (default: the model's own sampling, as many as the "
+                        "context holds)")  # fmt: skip
+    p.add_argument("--fps", type=_number(float, "--fps", 0, 1000, above=True), default=None,
+                   help="frames per second taken from each video (default: the model's own: InternVL3 takes 8 "
+                        "frames evenly, SmolVLM2 1 per second, Qwen2-VL 2 per second)")  # fmt: skip
     p.add_argument("--threads", type=_number(int, "--threads", 1), default=None)
     p.add_argument("--image-cache-mb", type=_number(float, "--image-cache-mb", 0, 65536),
                    default=DEFAULT_IMAGE_CACHE_MB, help="memory for the features of images seen before (0: none)")
@@ -163,17 +172,18 @@ def _chat(args: argparse.Namespace) -> int:
     from .chat import ChatOptions, run_chat
     from .prompt import is_text
 
-    for image in args.image:
-        if not image.is_file():
-            raise UserError(f"{image}: no such file")
+    for file in (*args.image, *args.video):
+        if not file.is_file():
+            raise UserError(f"{file}: no such file")
     for flag, text in (("-p", args.prompt), ("--system", args.system)):
         if text is not None and not is_text(text):
             raise UserError(f"{flag} is not valid UTF-8 text")
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                               repetition_penalty=args.repetition_penalty, seed=args.seed,
                               max_tokens=args.max_tokens, response_format=_schema_file(args.json_schema))  # fmt: skip
-    opts = ChatOptions(bundle=args.model, images=tuple(args.image), prompt=args.prompt, system=args.system,
-                       max_tiles=args.max_tiles, max_pixels=args.max_pixels, stats=args.stats, threads=args.threads,
+    opts = ChatOptions(bundle=args.model, images=tuple(args.image), videos=tuple(args.video), prompt=args.prompt,
+                       system=args.system, max_tiles=args.max_tiles, max_pixels=args.max_pixels,
+                       frames=FrameSampling(args.frames, args.fps), stats=args.stats, threads=args.threads,
                        backend=args.backend, image_cache_mb=args.image_cache_mb, sampling=sampling)  # fmt: skip
     return run_chat(opts)
 
@@ -183,6 +193,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-m", "--model", type=Path, required=True, help="bundle folder")
     p.add_argument("--image", type=Path, help="image to encode (default: a synthetic one of --tiles tiles)")
     p.add_argument("--tiles", type=_number(int, "--tiles", 1), default=1, help="tiles (default 1)")
+    p.add_argument("--video", type=Path, help="also ask about this clip: frames, vision per frame, first token")
+    p.add_argument("--video-frames", type=_number(int, "--video-frames", 1, MAX_SAMPLED_FRAMES), default=None,
+                   help="most frames taken from the clip (default: the model's own sampling)")
     p.add_argument("--prompt-tokens", type=_number(int, "--prompt-tokens", 1), default=20, help="question tokens")
     p.add_argument("--gen-tokens", type=_number(int, "--gen-tokens", 2), default=64)
     p.add_argument("--runs", type=_number(int, "--runs", 1), default=3)
@@ -194,11 +207,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from .bench import BenchOptions, run_bench
 
-    if args.image and not args.image.is_file():
-        raise UserError(f"{args.image}: no such file")
+    for file in (args.image, args.video):
+        if file and not file.is_file():
+            raise UserError(f"{file}: no such file")
     opts = BenchOptions(bundle=args.model, image=args.image, tiles=args.tiles, prompt_tokens=args.prompt_tokens,
-                        gen_tokens=args.gen_tokens, runs=args.runs, threads=args.threads,
-                        backend=args.backend)  # fmt: skip
+                        gen_tokens=args.gen_tokens, runs=args.runs, threads=args.threads, backend=args.backend,
+                        video=args.video, video_frames=args.video_frames)  # fmt: skip
     return run_bench(opts, args.json)
 
 
@@ -312,9 +326,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .rk3588.export import ExportError
     from .runtime.decoder import ContextOverflow
     from .tokenizer import TokenizerError
+    from .video import VideoError
 
     return (UserError, ExportError, BoardError, CheckpointError, ConfigError, BundleError, ConvertError, ImageError,
-            ContextOverflow, TokenizerError, FileNotFoundError, FileExistsError)  # fmt: skip
+            VideoError, ContextOverflow, TokenizerError, FileNotFoundError, FileExistsError)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def convert(src: str | Path, out: str | Path, options: ConvertOptions = ConvertO
                            f"{cfg.max_tiles} tiles")  # fmt: skip
     tokenizer = load_tokenizer(ck.path, ck.family.ADDED_TOKENS)
     fmt = ck.family.prompt_format(cfg)
-    tokens = control_ids(tokenizer, fmt.controls)
+    tokens = control_ids(tokenizer, fmt.all_controls)
     found = tokens[fmt.image_token]
     if cfg.image_token_id is not None and cfg.image_token_id != found:  # where the config names one
         raise ConfigError(f"config.json: image_token_id {cfg.image_token_id} is not the tokenizer's "

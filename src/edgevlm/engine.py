@@ -18,16 +18,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
+from PIL import Image
 from tokenizers import Tokenizer
 
 from . import models
 from .bundle import BundleError, Manifest
 from .feature_cache import FeatureCache
 from .image import DEFAULT_MAX_PIXELS, ImageProcessor, ImageSource, Tiles
-from .prompt import PromptEncoder, Turn
+from .prompt import PromptEncoder, Turn, VideoLayout
 from .runtime.generate import GenerationStats, StreamChunk
 from .runtime.sampling import SamplingParams
 from .tokenizer import check_ids
+from .video import NO_BOUNDS, FrameSampling, VideoError, VideoSource, probe, read_frames
 
 if TYPE_CHECKING:
     from .session import ChatSession
@@ -42,16 +44,38 @@ class EncodedImage:
     tiles: Tiles
     digest: str
     features: np.ndarray | None = field(default=None, repr=False)
+    frames: int = 0  # video frames these pixels hold (0: a picture)
+
+
+@dataclass
+class EncodedVideo:
+    """A clip's sampled frames as the vision encoder takes them (each unit one run: a frame, or a pair of
+    frames where the encoder takes two), and what its prompt text needs."""
+
+    units: list[EncodedImage]
+    layout: VideoLayout
 
 
 @dataclass
 class Conversation:
-    """What an engine is asked: the turns (only the last one open), every image of them in order, and
-    the system message (None: the model's default)."""
+    """What an engine is asked: the turns (only the last one open), every image and every video of them
+    in order, and the system message (None: the model's default)."""
 
     turns: list[Turn]
     images: list[EncodedImage] = field(default_factory=list)
     system: str | None = None
+    videos: list[EncodedVideo] = field(default_factory=list)
+
+    def media(self) -> list[EncodedImage | EncodedVideo]:
+        """Images and videos in prompt order: each turn's images, then its videos."""
+        images, videos, out = iter(self.images), iter(self.videos), []
+        for turn in self.turns:
+            out += [next(images) for _ in turn.images] + [next(videos) for _ in turn.videos]
+        return out
+
+    def units(self) -> list[EncodedImage]:
+        """What the vision encoder runs on, in prompt order: each image, and each video's frames."""
+        return [u for m in self.media() for u in (m.units if isinstance(m, EncodedVideo) else [m])]
 
 
 @dataclass
@@ -60,7 +84,10 @@ class TurnStats:
 
     images: int = 0
     tiles: int = 0
-    vision_ms: float = 0.0
+    vision_ms: float = 0.0  # images and video frames alike
+    frames: int = 0  # video frames in the conversation
+    frames_encoded: int = 0  # of them, encoded for this answer (the rest were seen before)
+    frames_ms: float = 0.0  # the vision time of those
     prompt_tokens: int = 0  # the whole conversation so far
     cached_tokens: int = 0  # re-used from the KV cache
     generation: GenerationStats = field(default_factory=GenerationStats)
@@ -70,8 +97,10 @@ class TurnStats:
     def summary(self) -> str:
         g = self.generation
         memory = f" | {self.memory_mb:.0f} MB" if self.memory_mb is not None else ""
+        per_frame = f", {self.frames_ms / self.frames_encoded:.0f} ms per frame" if self.frames_encoded else ""
+        video = f" | video frames {self.frames} ({self.frames_encoded} encoded{per_frame})" if self.frames else ""
         return (
-            f"images {self.images} ({self.tiles} tiles, vision {self.vision_ms:.0f} ms) | "
+            f"images {self.images} ({self.tiles} tiles, vision {self.vision_ms:.0f} ms){video} | "
             f"prompt {self.prompt_tokens} tokens ({self.cached_tokens} cached, prefill {g.prompt_tokens} in "
             f"{g.prefill_ms:.0f} ms, {g.prefill_tok_s:.0f} tok/s) | first token {self.ttft_ms:.0f} ms | "
             f"answer {g.generated_tokens} tokens, {g.decode_tok_s:.1f} tok/s | end: {g.finish_reason}{memory}"
@@ -100,11 +129,15 @@ class Engine(Protocol):
     def encode_image(self, source: ImageSource, *, max_tiles: int | None = None, max_pixels: int | None = None,
                      decode_limit: int = DEFAULT_MAX_PIXELS) -> EncodedImage: ...  # fmt: skip
 
+    def encode_video(self, source: VideoSource, *, frames: FrameSampling = NO_BOUNDS, max_pixels: int | None = None,
+                     decode_limit: int = DEFAULT_MAX_PIXELS, max_seconds: float | None = None,
+                     budget: int | None = None) -> EncodedVideo: ...  # fmt: skip
+
     def stream(self, conversation: Conversation, params: SamplingParams, stats: TurnStats, *,
                shared: bool = False) -> Iterator[StreamChunk]: ...  # fmt: skip
 
-    def session(self, system: str | None = None, *, max_tiles: int | None = None,
-                max_pixels: int | None = None) -> ChatSession: ...  # fmt: skip
+    def session(self, system: str | None = None, *, max_tiles: int | None = None, max_pixels: int | None = None,
+                frames: FrameSampling = NO_BOUNDS) -> ChatSession: ...  # fmt: skip
 
 
 # -- what both backends take from a bundle -----------------------------------------------------
@@ -177,6 +210,36 @@ class BundleEngine:
         tiles = tiling_of(self.manifest).capped(max_tiles, max_pixels).load(source, max_pixels=decode_limit)
         return self.encoded(tiles)
 
+    def encode_video(self, source: VideoSource, *, frames: FrameSampling = NO_BOUNDS, max_pixels: int | None = None,
+                     decode_limit: int = DEFAULT_MAX_PIXELS, max_seconds: float | None = None,
+                     budget: int | None = None) -> EncodedVideo:  # fmt: skip
+        """Sample and decode a clip's frames as the bundle's model wants them (its family's sampler within
+        `frames`), each resized to at most `max_pixels`. Without a frame count given, the frames are also
+        kept to what `budget` prompt tokens hold. Frames over `decode_limit` pixels and clips longer than
+        `max_seconds` are refused."""
+        if self.prompt.no_videos:  # said before any work
+            raise VideoError(self.prompt.no_videos)
+        processor = tiling_of(self.manifest).capped(None, max_pixels)
+        info = probe(source, max_pixels=decode_limit, max_seconds=max_seconds)
+        indices = processor.sample(info, frames)
+        if budget is not None and frames.frames is None:
+            blank = Image.new("RGB", (info.width, info.height))
+            per_frame = self.rows(processor.frames([blank])[0]) / processor.frame_group
+            if len(indices) * per_frame > budget:
+                fit = max(processor.frame_group, int(budget // per_frame))
+                indices = processor.sample(info, replace(frames, frames=fit))
+        tiles = processor.frames(read_frames(source, indices, max_pixels=decode_limit))
+        group = processor.frame_group
+        units = [replace(self.encoded(t), frames=min(group, len(indices) - k * group)) for k, t in enumerate(tiles)]
+        layout = VideoLayout(len(indices), len(units), tiles[0].grid, tuple(i / info.fps if info.fps else 0.0
+                             for i in indices), info.duration)  # fmt: skip
+        return EncodedVideo(units, layout)
+
+    def rows(self, tiles: Tiles) -> int:
+        """Feature rows (image tokens) of an image or a video's unit, as its family writes it in the prompt."""
+        f = self.prompt.format
+        return f.image_text(tiles.layout).count(f.image_token)
+
     @functools.cached_property
     def image_cache(self) -> FeatureCache:
         """Features of images seen before, across sessions and requests (`image_cache.resize(mb)` bounds it)."""
@@ -188,17 +251,21 @@ class BundleEngine:
         digest = hashlib.sha1(tiles.pixels.tobytes() + repr((tiles.pixels.shape, tiles.grid)).encode()).hexdigest()
         return EncodedImage(tiles, digest, self.image_cache.get(digest))
 
-    def session(self, system: str | None = None, *, max_tiles: int | None = None,
-                max_pixels: int | None = None) -> ChatSession:  # fmt: skip
+    def session(self, system: str | None = None, *, max_tiles: int | None = None, max_pixels: int | None = None,
+                frames: FrameSampling = NO_BOUNDS) -> ChatSession:  # fmt: skip
+        """A conversation; `frames` bounds the frames taken from its videos."""
         from .session import ChatSession  # session.py builds on this module
 
-        return ChatSession(self, system=system, max_tiles=max_tiles, max_pixels=max_pixels)  # type: ignore[arg-type]
+        return ChatSession(self, system=system, max_tiles=max_tiles, max_pixels=max_pixels,  # type: ignore[arg-type]
+                           frames=frames)  # fmt: skip
 
-    def chat(self, question: str, images: Sequence[ImageSource] = (), *, stream: bool = False,
-             system: str | None = None, max_tiles: int | None = None, max_pixels: int | None = None,
+    def chat(self, question: str, images: Sequence[ImageSource] = (), *, videos: Sequence[VideoSource] = (),
+             stream: bool = False, system: str | None = None, max_tiles: int | None = None,
+             max_pixels: int | None = None, frames: int | None = None, fps: float | None = None,
              **sampling: Any) -> str | Iterator[str]:  # fmt: skip
-        """One question (with images) in a fresh conversation; the answer, or its pieces with stream=True."""
-        session = self.session(system, max_tiles=max_tiles, max_pixels=max_pixels)
-        return session.chat(question, images, stream=stream, **sampling)
+        """One question (with images and videos: at most `frames` frames of each, at `fps`) in a fresh
+        conversation; the answer, or its pieces with stream=True."""
+        session = self.session(system, max_tiles=max_tiles, max_pixels=max_pixels, frames=FrameSampling(frames, fps))
+        return session.chat(question, images, videos=videos, stream=stream, **sampling)
 
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import imagenet
 from .prompt import ImageLayout
+
+if TYPE_CHECKING:
+    from .video import FrameSampling, VideoInfo
 
 DEFAULT_MAX_PIXELS = 64_000_000  # a 64 MP photo is ~200 MB as RGB; above that is likely a bomb
 
@@ -110,10 +113,14 @@ def tile_cap(max_tiles: int | None, max_pixels: int | None, tile: int) -> int | 
 
 
 class ImageProcessor(Protocol):
-    """A family's image processing: an image in, normalised tiles out (what its vision graph takes)."""
+    """A family's image processing: an image in, normalised tiles out (what its vision graph takes); and a
+    clip's frames: which to take, and what the vision graph runs on (a unit per `frame_group` frames)."""
 
     tile: int  # pixels per side of a tile
+    frame_group: int  # video frames per vision run
 
     def capped(self, max_tiles: int | None, max_pixels: int | None = None) -> ImageProcessor: ...
     # at most that many tiles, and images resized to at most that area: never more than the model's own
     def load(self, source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tiles: ...
+    def sample(self, info: VideoInfo, sampling: FrameSampling) -> list[int]: ...  # the frames to take, by index
+    def frames(self, images: list[Image.Image]) -> list[Tiles]: ...  # the taken frames as vision runs

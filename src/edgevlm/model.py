@@ -26,6 +26,7 @@ from .engine import (
     BundleEngine,
     Conversation,
     EncodedImage,
+    EncodedVideo,
     TurnStats,
     common_prefix,
     load_part,
@@ -109,7 +110,7 @@ class VLM(BundleEngine):
         """Stream the answer to a conversation. With `shared` (the server: requests of several clients share
         the cache) re-use never reveals how much of another client's prompt a request matched."""
         ids = self.prompt_ids(conversation)
-        chunks = self._generate(ids, conversation.images, params, stats, shared=shared)
+        chunks = self._generate(ids, conversation, params, stats, shared=shared)
         return without_lead(chunks, self.prompt.template.answer_prefix)
 
     def _features(self, image: EncodedImage, stats: TurnStats) -> np.ndarray:
@@ -117,13 +118,16 @@ class VLM(BundleEngine):
             start = time.perf_counter()
             runs = [self.vision.run(feeds) for feeds in self._family.vision_inputs(self.config, image.tiles)]
             image.features = np.concatenate(runs).reshape(-1, self.config.text.hidden_size)
-            stats.vision_ms += (time.perf_counter() - start) * 1000
+            spent = (time.perf_counter() - start) * 1000
+            stats.vision_ms += spent
+            if image.frames:
+                stats.frames_ms, stats.frames_encoded = stats.frames_ms + spent, stats.frames_encoded + image.frames
             self.image_cache.put(image.digest, image.features)
         return image.features
 
-    def _keys(self, ids: Sequence[int], images: Sequence[EncodedImage]) -> list[object]:
-        slots = [i for i, t in enumerate(ids) if t == self.prompt.image_token_id]
-        rows = [(img.digest, r) for img in images for r in range(self._rows(img))]
+    def _keys(self, ids: Sequence[int], units: Sequence[EncodedImage]) -> list[object]:
+        slots = [i for i, t in enumerate(ids) if t in self.prompt.visual_ids]
+        rows = [(img.digest, r) for img in units for r in range(self.rows(img.tiles))]
         if len(slots) != len(rows):
             raise ValueError(f"the prompt has {len(slots)} image tokens but its images give {len(rows)} features")
         keys: list[object] = list(ids)
@@ -131,17 +135,13 @@ class VLM(BundleEngine):
             keys[pos] = row
         return keys
 
-    def _rows(self, image: EncodedImage) -> int:
-        """Feature rows (image tokens) of an image, as its family writes it in the prompt."""
-        f = self.prompt.format
-        return f.image_text(image.tiles.layout).count(f.image_token)
-
-    def _rope(self, ids: Sequence[int], images: Sequence[EncodedImage], start: int) -> np.ndarray | None:
+    def _rope(self, ids: Sequence[int], conversation: Conversation, start: int) -> np.ndarray | None:
         """M-RoPE positions of the prompt from `start` on (None: plain positions, counting on)."""
         if not self.config.text.mrope_section:
             return None
-        grids = [img.tiles.grid for img in images]
-        return mrope_positions(ids, self.prompt.image_token_id, grids)[start:]
+        blocks = [(m.layout.groups, *m.layout.grid) if isinstance(m, EncodedVideo) else (1, *m.tiles.grid)
+                  for m in conversation.media()]  # fmt: skip
+        return mrope_positions(ids, self.prompt.visual_ids, blocks)[start:]
 
     def _embeddings(self, ids: Sequence[int], keys: list[object], start: int, images: Sequence[EncodedImage],
                     stats: TurnStats) -> np.ndarray:  # fmt: skip
@@ -153,21 +153,23 @@ class VLM(BundleEngine):
                 embeds[pos - start] = self._features(by_digest[key[0]], stats)[key[1]]
         return embeds
 
-    def _generate(self, ids: list[int], images: Sequence[EncodedImage], params: SamplingParams,
+    def _generate(self, ids: list[int], conversation: Conversation, params: SamplingParams,
                   stats: TurnStats, *, shared: bool) -> Iterator[StreamChunk]:  # fmt: skip
         """Stream the answer to a fully rendered prompt, re-using the cached prefix (see `_reuse`)."""
         begin = time.perf_counter()
-        keys = self._keys(ids, images)
+        units = conversation.units()
+        keys = self._keys(ids, units)
         reuse = self._reuse(keys, shared)
-        stats.images = len(images)
-        stats.tiles = sum(img.tiles.count for img in images)
+        stats.images = len(conversation.images)
+        stats.tiles = sum(img.tiles.count for img in conversation.images)
+        stats.frames = sum(v.layout.frames for v in conversation.videos)
         stats.prompt_tokens, stats.cached_tokens = len(ids), reuse
-        embeds = self._embeddings(ids, keys, reuse, images, stats)
+        embeds = self._embeddings(ids, keys, reuse, units, stats)
         self._cached = keys[:reuse]
         generated: list[int] = []
         params = params if params.stop_ids else replace(params, stop_ids=self.prompt.stop_ids)
         try:
-            rope = self._rope(ids, images, reuse)
+            rope = self._rope(ids, conversation, reuse)
             for chunk in stream_generate(self.lm, self.tokenizer, embeds, params, seen=ids, position=reuse, rope=rope):
                 if not generated:
                     stats.ttft_ms = (time.perf_counter() - begin) * 1000

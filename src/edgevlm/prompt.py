@@ -39,8 +39,9 @@ class Template:
     multi_image: str  # one line per image when there are several
     stop: tuple[str, ...]
     begin: str = ""  # once, at the very start of a conversation
-    no_image: str = ""  # before a question that has no image
+    no_image: str = ""  # before a question that has no image (a video may follow it)
     answer_prefix: str = ""  # before an answer given as text (not as the ids the model generated)
+    video: str = "{video}"  # one per video, after the images and before the question
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,19 @@ class ImageLayout:
 
     tiles: int
     grid: tuple[int, int] = (1, 1)
+
+
+@dataclass(frozen=True)
+class VideoLayout:
+    """What a prompt needs of a video: its sampled frames (with their times in the clip and the clip's
+    length, in seconds), the vision runs they form (`groups`: one per frame, or per pair of frames where
+    the encoder takes two at once) and the grid (columns, rows) of each run's image tokens."""
+
+    frames: int
+    groups: int
+    grid: tuple[int, int] = (1, 1)
+    times: tuple[float, ...] = ()
+    duration: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +77,15 @@ class PromptFormat:
     image_end: str  # after them, e.g. "</img>"
     controls: tuple[str, ...]  # every control token the template and image text use
     image_text: Callable[[ImageLayout], str]  # the family's text for one image's feature rows
+    video_text: Callable[[VideoLayout], str] | None = None  # the family's text for one video (None: no videos)
+    video_token: str | None = None  # one per feature row of a video, where it is not `image_token`
+
+    @property
+    def all_controls(self) -> tuple[str, ...]:
+        """Every control token a bundle records an id for (a video token is optional at load, so that a
+        bundle converted before videos still loads)."""
+        extra = self.video_token if self.video_token and self.video_token not in self.controls else None
+        return (*self.controls, extra) if extra else self.controls
 
 
 @dataclass(frozen=True)
@@ -72,6 +95,7 @@ class Turn:
     question: str
     images: tuple[ImageLayout, ...] = ()
     answer: str | None = None
+    videos: tuple[VideoLayout, ...] = ()  # after the images, in the prompt as in the conversation
 
 
 TEMPLATE, USER, IDS = "template", "user", "ids"
@@ -106,10 +130,12 @@ class PromptEncoder:
             raise ValueError(f"no id for the control token(s) {', '.join(missing)}")
         self.tokenizer, self.format, self.template = tokenizer, fmt, fmt.template
         self._plain = _without_added_tokens(tokenizer)
-        self._control = {c: control[c] for c in fmt.controls}
-        self._control_re = re.compile("(" + "|".join(re.escape(c) for c in sorted(fmt.controls, key=len,
+        self._control = {c: control[c] for c in fmt.all_controls if c in control}
+        self._control_re = re.compile("(" + "|".join(re.escape(c) for c in sorted(self._control, key=len,
                                                                                   reverse=True)) + ")")  # fmt: skip
         self.image_token_id = self._control[fmt.image_token]
+        self.video_token_id = self._control.get(fmt.video_token or fmt.image_token)  # None: this bundle has none
+        self.visual_ids = frozenset(i for i in (self.image_token_id, self.video_token_id) if i is not None)
         self.stop_ids = tuple(self._control[s] for s in self.template.stop)
 
     # -- rendering ---------------------------------------------------------------------------
@@ -123,8 +149,25 @@ class PromptEncoder:
             parts.template(t.single_image.format(image=image(turn.images[0])))
         for k, layout in enumerate(turn.images if len(turn.images) > 1 else (), 1):
             parts.template(t.multi_image.format(k=k, image=image(layout)))
+        for video in turn.videos:
+            parts.template(t.video.format(video=self.video_text(video)))
         parts.user(turn.question)
         parts.template(t.user[1] + t.assistant[0])
+
+    @property
+    def no_videos(self) -> str | None:
+        """Why this model, or this bundle, takes no videos (None: it takes them)."""
+        if self.format.video_text is None:
+            return "this model takes no videos"
+        if self.video_token_id is None:
+            return "this bundle was converted before edgevlm took videos: convert it again"
+        return None
+
+    def video_text(self, video: VideoLayout) -> str:
+        """The family's text for a video's frames."""
+        if self.no_videos or self.format.video_text is None:
+            raise ValueError(self.no_videos)
+        return self.format.video_text(video)
 
     def _render_answer(self, parts: Parts, answer: str, known: Mapping[str, Sequence[int]]) -> None:
         if answer in known:

@@ -3,26 +3,58 @@ first use. `probe` reads what a clip holds without decoding it; `read_frames` de
 
 Every way a clip can be bad is one VideoError naming it: not a video FFmpeg can read, audio only, no
 frames, frames over the pixel limit, too long, a GIF (an image: pass it as one), damaged or truncated.
+
+Which frames a model sees is its family's choice (its reference's sampler, in edgevlm.models); `FrameSampling`
+is what a user bounds it with.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from .image import DEFAULT_MAX_PIXELS
 
 MAX_FRAMES_IN_CLIP = 1_000_000  # frames a clip may hold (~9 h at 30 fps): beyond, counting them is the attack
+MAX_SAMPLED_FRAMES = 4096  # frames a user may ask for from one clip (more than any context here holds)
 VideoSource = str | Path | bytes
 
 
 class VideoError(ValueError):
     """A clip that cannot be used, or no video decoder installed."""
+
+
+@dataclass(frozen=True)
+class FrameSampling:
+    """A user's bounds on a clip's frames: at most `frames` of them, taken at `fps` per second (None: the
+    family's own default for each)."""
+
+    frames: int | None = None
+    fps: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.frames is not None and not 1 <= self.frames <= MAX_SAMPLED_FRAMES:
+            raise ValueError(f"frames must be between 1 and {MAX_SAMPLED_FRAMES}, got {self.frames}")
+        if self.fps is not None and not 0 < self.fps <= 1000:  # NaN fails too
+            raise ValueError(f"fps must be above 0 and at most 1000, got {self.fps}")
+
+
+NO_BOUNDS = FrameSampling()  # each family's own frame count and rate
+
+
+def even_indices(start: float, stop: float, step: float) -> list[int]:
+    """Frame indices start, start + step, ... below stop, as the references' samplers compute them with
+    torch.arange(...).int(): the count is ceil((stop - start) / step) in float64 (one more than meant when
+    the division rounds up), each value float32 and truncated."""
+    count = math.ceil((stop - start) / step)
+    return [int(np.float32(start + k * step)) for k in range(count)]
 
 
 @dataclass(frozen=True)
@@ -68,7 +100,7 @@ def _open(source: VideoSource) -> Any:
     return container
 
 
-def probe(source: VideoSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> VideoInfo:
+def probe(source: VideoSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_seconds: float | None = None) -> VideoInfo:
     """What the clip holds: its frames (counted), frame rate and size; refused past the limits."""
     av, name = _av(), _name(source)
     with _open(source) as container:
@@ -87,7 +119,10 @@ def probe(source: VideoSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Video
         rate = float(stream.average_rate or stream.guessed_rate or 0)
     if frames == 0:
         raise VideoError(f"{name}: has no frames")
-    return VideoInfo(frames, rate, width, height)
+    info = VideoInfo(frames, rate, width, height)
+    if max_seconds is not None and info.duration > max_seconds:
+        raise VideoError(f"{name}: {info.duration:.0f} s long, more than the limit of {max_seconds:g} s")
+    return info
 
 
 def read_frames(source: VideoSource, indices: Sequence[int], *, max_pixels: int = DEFAULT_MAX_PIXELS

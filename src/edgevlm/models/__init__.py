@@ -5,9 +5,10 @@ A family module (like mlx-lm's `models/<arch>.py`, no base class) provides:
     NOT_YET {command: why it cannot take the family yet} (empty when every command can)
     ModelConfig, VisionConfig                 (frozen dataclasses; `.vision`, and `.text` the shared TextConfig;
                                                tokens_per_tile, tile_size, min/max_tiles, image_mean/std, template)
-    tiling(cfg, min_tiles, max_tiles), vision_inputs(cfg, tiles) (the vision graph's feeds for one image)
+    tiling(cfg, min_tiles, max_tiles) (the image processor; also a clip's frames: `sample`, `frames`),
+    vision_inputs(cfg, tiles) (the vision graph's feeds for one image or one video unit)
     expected_shapes(cfg), source_names(cfg), stored_name(name, cfg), tolerated_names(cfg), describe(cfg)
-    ADDED_TOKENS (a vocab.json tokenizer's default added tokens), prompt_format(cfg)
+    ADDED_TOKENS (a vocab.json tokenizer's default added tokens), prompt_format(cfg) (image and video text)
     build_vision_graph(get, cfg, path, VisionGraphSpec)
 Adding a family is one module and one line in FAMILIES.
 """

@@ -29,12 +29,14 @@ from ..config import (
     validate,
 )
 from ..image import DEFAULT_MAX_PIXELS, IMAGENET, ImageSource, Norm, Tiles, load_image, normalize, tile_cap
-from ..prompt import ImageLayout, PromptFormat, Template
+from ..prompt import ImageLayout, PromptFormat, Template, VideoLayout
+from ..video import FrameSampling, VideoInfo, even_indices
 from .npu import one_tile_per_run, run_per_tile
 from .weights import fold_prefixes, per_layer, text_rows, text_shapes
 
 NAME = "internvl3"
 TILE, MAX_TILES = 448, 12  # InternVL3's tile size and tile limit (a checkpoint may say otherwise)
+VIDEO_FRAMES = 8  # frames of a clip by default: InternVL's model card samples 8 segments, one tile each
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class ModelConfig:
     ps_version: str = "v2"
     image_mean: tuple[float, float, float] = IMAGENET[0]
     image_std: tuple[float, float, float] = IMAGENET[1]
+    video_frames: int = VIDEO_FRAMES  # a clip's frames (segments) unless the user says otherwise
 
     def __post_init__(self) -> None:
         validate(self, "")
@@ -408,6 +411,7 @@ TEMPLATES: dict[str, Template] = {
         single_image="{image}\n",
         multi_image="Image-{k}: {image}\n",
         stop=("<|im_end|>",),
+        video="{video}\n",
     ),
 }
 IMAGE_TOKENS = ("<img>", "<IMG_CONTEXT>", "</img>")  # start, one per feature row, end
@@ -430,8 +434,12 @@ def prompt_format(cfg: ModelConfig) -> PromptFormat:
     def image_text(layout: ImageLayout) -> str:  # every tile's rows in one block
         return start + token * (cfg.tokens_per_tile * layout.tiles) + end
 
+    def video_text(video: VideoLayout) -> str:  # a line per frame, one tile each (transformers' processor)
+        frame = image_text(ImageLayout(1))
+        return "\n".join(f"Frame{i}: {frame}" for i in range(1, video.frames + 1))
+
     controls = ("<|im_start|>", "<|im_end|>", *IMAGE_TOKENS)
-    return PromptFormat(TEMPLATES[cfg.template], start, token, end, controls, image_text)
+    return PromptFormat(TEMPLATES[cfg.template], start, token, end, controls, image_text, video_text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,6 +506,8 @@ class Tiling:
     use_thumbnail: bool = True
     tile: int = TILE  # pixels per side of a tile
     norm: Norm = IMAGENET
+    video_frames: int = VIDEO_FRAMES
+    frame_group: ClassVar[int] = 1  # video frames per vision run
 
     def __post_init__(self) -> None:
         _check_counts(self.min_tiles, self.max_tiles)
@@ -516,6 +526,21 @@ class Tiling:
                           max_tiles=self.max_tiles, use_thumbnail=self.use_thumbnail, tile=self.tile,
                           norm=self.norm)  # fmt: skip
 
+    def sample(self, info: VideoInfo, sampling: FrameSampling) -> list[int]:
+        """The frames of a clip, as transformers' InternVLVideoProcessor samples them: `frames` segments (or
+        what `fps` gives, capped by `frames`), one from the middle of each."""
+        count = sampling.frames or self.video_frames
+        if sampling.fps is not None:
+            at_fps = int(info.frames / info.fps * sampling.fps) if info.fps else info.frames
+            count = min(at_fps, sampling.frames) if sampling.frames else at_fps
+        count = min(max(count, 1), info.frames)
+        step = info.frames / count
+        return even_indices(step / 2, info.frames, step)
+
+    def frames(self, images: list[Image.Image]) -> list[Tiles]:
+        """A clip's frames as the vision encoder takes them: each resized to one tile."""
+        return [tile_image(img, max_tiles=1, tile=self.tile, norm=self.norm) for img in images]
+
 
 def load_tiles(source: ImageSource, *, min_tiles: int = 1, max_tiles: int = MAX_TILES, use_thumbnail: bool = True,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Tiles:  # fmt: skip
@@ -525,7 +550,8 @@ def load_tiles(source: ImageSource, *, min_tiles: int = 1, max_tiles: int = MAX_
 
 def tiling(cfg: ModelConfig, min_tiles: int, max_tiles: int) -> Tiling:
     """InternVL's dynamic tiling with this model's tile size, normalisation and thumbnail."""
-    return Tiling(min_tiles, max_tiles, cfg.use_thumbnail, cfg.vision.image_size, (cfg.image_mean, cfg.image_std))
+    return Tiling(min_tiles, max_tiles, cfg.use_thumbnail, cfg.vision.image_size, (cfg.image_mean, cfg.image_std),
+                  cfg.video_frames)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,13 +22,16 @@ from PIL import Image
 
 from ..config import ConfigError, TextConfig, check_image_fields, scalar, section, text_config, validate
 from ..image import DEFAULT_MAX_PIXELS, ImageError, ImageSource, Norm, Tiles, load_image, normalize
-from ..prompt import ImageLayout, PromptFormat, Template
+from ..prompt import ImageLayout, PromptFormat, Template, VideoLayout
+from ..video import FrameSampling, VideoInfo, even_indices
 from .npu import NpuVision
 from .weights import fold_prefixes, per_layer, table_sources, text_rows, text_shapes
 
 NAME = "qwen2_vl"
 CLIP: Norm = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))  # OpenAI CLIP's
 MIN_PIXELS, MAX_PIXELS = 56 * 56, 28 * 28 * 1280  # the processor's defaults: 4 to 1280 merged tokens
+VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS = 28 * 28 * 128, 28 * 28 * 768  # its video processor's: per frame
+VIDEO_FPS, VIDEO_MIN_FRAMES, VIDEO_MAX_FRAMES = 2.0, 4, 768  # qwen-vl-utils' sampling, as transformers takes it
 MAX_ASPECT = 200  # smart_resize refuses images more elongated than this
 BICUBIC = int(Image.Resampling.BICUBIC)
 MROPE = (16, 24, 24)  # rotary pairs for time, height and width (Qwen2-VL-2B's mrope_section)
@@ -82,6 +85,9 @@ class ModelConfig:
     image_mean: tuple[float, float, float] = CLIP[0]
     image_std: tuple[float, float, float] = CLIP[1]
     template: str = "qwen2_vl"
+    video_min_pixels: int = VIDEO_MIN_PIXELS
+    video_max_pixels: int = VIDEO_MAX_PIXELS
+    video_fps: float = VIDEO_FPS
 
     def __post_init__(self) -> None:
         validate(self, "")
@@ -297,6 +303,7 @@ TEMPLATES: dict[str, Template] = {
     ),
 }
 IMAGE_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
+VIDEO_PAD = "<|video_pad|>"
 ADDED_TOKENS: tuple[tuple[str, bool], ...] = ()  # Qwen2-VL checkpoints ship tokenizer.json
 
 
@@ -309,8 +316,12 @@ def prompt_format(cfg: ModelConfig) -> PromptFormat:
         cols, rows = layout.grid
         return start + pad * (cols * rows) + end
 
+    def video_text(video: VideoLayout) -> str:  # one video pad per merged cell of each pair of frames
+        cols, rows = video.grid
+        return start + VIDEO_PAD * (video.groups * cols * rows) + end
+
     return PromptFormat(TEMPLATES[cfg.template], start, pad, end, ("<|im_start|>", "<|im_end|>", *IMAGE_TOKENS),
-                        image_text)  # fmt: skip
+                        image_text, video_text, VIDEO_PAD)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,11 +346,12 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
 
 
 def patchify(pixels: np.ndarray, patch: int, merge: int, frames: int) -> np.ndarray:
-    """[3,H,W] -> [H/patch * W/patch, 3*frames*patch*patch], patches in merge-group order."""
-    c, height, width = pixels.shape
+    """[3,H,W] (a still image, repeated over `frames`) or [frames,3,H,W] -> [H/patch * W/patch,
+    3*frames*patch*patch], patches in merge-group order, each patch's values by channel, frame, row, column."""
+    x = np.broadcast_to(pixels, (frames, *pixels.shape)) if pixels.ndim == 3 else pixels
+    _, c, height, width = x.shape
     gh, gw = height // patch, width // patch
-    x = pixels.reshape(c, gh // merge, merge, patch, gw // merge, merge, patch).transpose(1, 4, 2, 5, 0, 3, 6)
-    x = np.broadcast_to(x[:, :, :, :, :, None], (*x.shape[:5], frames, *x.shape[5:]))
+    x = x.reshape(frames, c, gh // merge, merge, patch, gw // merge, merge, patch).transpose(2, 5, 3, 6, 1, 0, 4, 7)
     return np.ascontiguousarray(x.reshape(gh * gw, c * frames * patch * patch))
 
 
@@ -351,9 +363,12 @@ class Patching:
     max_pixels: int = MAX_PIXELS
     patch: int = 14
     merge: int = 2
-    frames: int = 2  # temporal_patch_size: a still image is repeated over it
+    frame_group: int = 2  # temporal_patch_size: video frames per vision run; a still image is repeated over it
     resample: int = BICUBIC
     norm: Norm = CLIP
+    video_min_pixels: int = VIDEO_MIN_PIXELS
+    video_max_pixels: int = VIDEO_MAX_PIXELS
+    video_fps: float = VIDEO_FPS
 
     @property
     def tile(self) -> int:
@@ -365,24 +380,50 @@ class Patching:
         if max_pixels is None or max_pixels >= self.max_pixels:
             return self
         budget = max(max_pixels, self.tile**2)
-        return replace(self, max_pixels=budget, min_pixels=min(self.min_pixels, budget))
+        return replace(self, max_pixels=budget, min_pixels=min(self.min_pixels, budget),
+                       video_max_pixels=min(self.video_max_pixels, budget),
+                       video_min_pixels=min(self.video_min_pixels, budget))  # fmt: skip
 
     def patch_image(self, img: Image.Image) -> Tiles:
         """An RGB image as patches [N, 3*frames*patch*patch] and its grid (columns, rows) of merged cells:
         one image token each."""
         height, width = smart_resize(img.height, img.width, self.tile, self.min_pixels, self.max_pixels)
         pixels = normalize(img.resize((width, height), self.resample), self.norm)
-        patches = patchify(pixels, self.patch, self.merge, self.frames)
+        patches = patchify(pixels, self.patch, self.merge, self.frame_group)
         return Tiles(patches, (width // self.tile, height // self.tile), img.size, whole=True)
 
     def load(self, source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tiles:
         return self.patch_image(load_image(source, max_pixels=max_pixels))
 
+    def sample(self, info: VideoInfo, sampling: FrameSampling) -> list[int]:
+        """The frames of a clip, as transformers' Qwen2VLVideoProcessor samples them at `fps` (at least 4,
+        at most `frames`), in whole pairs of frames (a clip of one frame: that frame)."""
+        fps, pair = sampling.fps or self.video_fps, self.frame_group
+        most = math.floor(min(sampling.frames or VIDEO_MAX_FRAMES, info.frames) / pair) * pair
+        count = info.frames / info.fps * fps if info.fps else info.frames
+        count = math.floor(min(max(count, VIDEO_MIN_FRAMES), most, info.frames) / pair) * pair
+        if count < 1:
+            return list(range(info.frames))
+        return even_indices(0, info.frames, info.frames / count)
+
+    def frames(self, images: list[Image.Image]) -> list[Tiles]:
+        """A clip's frames as the vision encoder takes them: each resized as the video processor does, then
+        paired (the last repeated to make a whole pair), each pair one run of patches."""
+        width, height = images[0].size
+        h, w = smart_resize(height, width, self.tile, self.video_min_pixels, self.video_max_pixels)
+        pixels = [normalize(img.resize((w, h), self.resample), self.norm) for img in images]
+        group = self.frame_group
+        pixels += pixels[-1:] * (-len(pixels) % group)
+        grid = (w // self.tile, h // self.tile)
+        return [Tiles(patchify(np.stack(pixels[k : k + group]), self.patch, self.merge, group), grid, (width, height),
+                      whole=True) for k in range(0, len(pixels), group)]  # fmt: skip
+
 
 def tiling(cfg: ModelConfig, min_tiles: int, max_tiles: int) -> Patching:
     v = cfg.vision
     return Patching(cfg.min_pixels, cfg.max_pixels, v.patch_size, v.merge_size, v.temporal_patch_size, cfg.resample,
-                    (cfg.image_mean, cfg.image_std))  # fmt: skip
+                    (cfg.image_mean, cfg.image_std), cfg.video_min_pixels, cfg.video_max_pixels,
+                    cfg.video_fps)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import numpy as np
@@ -16,7 +17,8 @@ from PIL import Image
 
 from ..config import ConfigError, TextConfig, check_image_fields, scalar, section, text_config, validate
 from ..image import DEFAULT_MAX_PIXELS, ImageSource, Norm, Tiles, load_image, normalize, tile_cap
-from ..prompt import ImageLayout, PromptFormat, Template
+from ..prompt import ImageLayout, PromptFormat, Template, VideoLayout
+from ..video import FrameSampling, VideoInfo
 from .npu import one_tile_per_run, run_per_tile
 from .weights import per_layer, table_sources, text_rows, text_shapes
 
@@ -74,6 +76,11 @@ class ModelConfig:
     image_mean: tuple[float, float, float] = HALF[0]
     image_std: tuple[float, float, float] = HALF[1]
     template: str = "smolvlm"
+    # The processor's video_sampling: frames per second, at most this many, each resized to video_edge
+    # (longest side; None: one tile) and then to one tile.
+    video_fps: float = 1.0
+    video_max_frames: int = 64
+    video_edge: int | None = None
 
     def __post_init__(self) -> None:
         validate(self, "")
@@ -164,6 +171,19 @@ def _processing(pre: Mapping[str, Any], v: Mapping[str, Any], tile: int) -> dict
     for key in ("image_mean", "image_std"):
         if key in pre:
             out[key] = tuple(pre[key]) if isinstance(pre[key], list) else pre[key]
+    return out | _video_sampling(pre)
+
+
+def _video_sampling(pre: Mapping[str, Any]) -> dict[str, Any]:
+    """preprocessor_config.json's video_sampling: {fps, max_frames, video_size: {longest_edge}}."""
+    v = pre.get("video_sampling")
+    if v is None:
+        return {}
+    if not isinstance(v, Mapping):
+        raise ConfigError(f"preprocessor_config.json: video_sampling must be an object, got {v!r:.80}")
+    out = {name: v[key] for name, key in (("video_fps", "fps"), ("video_max_frames", "max_frames")) if key in v}
+    if (edge := _edge(v, "video_size")) is not None:
+        out["video_edge"] = edge
     return out
 
 
@@ -303,7 +323,7 @@ TEMPLATES: dict[str, Template] = {
         multi_image="{image}",
         stop=("<end_of_utterance>",),
         begin="<|im_start|>",
-        no_image=" ",  # "User: question", but "User:<image>question"
+        no_image=" ",  # "User: question", but "User:<image>question" (a video comes after "User: ")
         answer_prefix=" ",
     ),
 }
@@ -313,6 +333,31 @@ ADDED_TOKENS: tuple[tuple[str, bool], ...] = ()  # SmolVLM2 checkpoints ship tok
 
 def _tile_tag(row: int, col: int) -> str:
     return f"<row_{row}_col_{col}>"
+
+
+_ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
+         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")  # fmt: skip
+_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+
+
+def number_words(n: int) -> str:
+    """A count in English words as num2words writes it ("sixty-four", "one hundred and five"): how the
+    processor says how many frames a video has."""
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("-" + _ONES[n % 10] if n % 10 else "")
+    if n < 1000:
+        return _ONES[n // 100] + " hundred" + (" and " + number_words(n % 100) if n % 100 else "")
+    if n < 1_000_000:
+        rest = n % 1000
+        joint = ", " if rest >= 100 else " and "
+        return number_words(n // 1000) + " thousand" + (joint + number_words(rest) if rest else "")
+    raise ValueError(f"{n} frames is more than a video can have here")
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60):02d}:{int(seconds % 60):02d}"
 
 
 def prompt_format(cfg: ModelConfig) -> PromptFormat:
@@ -329,10 +374,17 @@ def prompt_format(cfg: ModelConfig) -> PromptFormat:
                        for r in range(1, n_rows + 1))  # fmt: skip
         return grid + "\n" + whole
 
+    def video_text(video: VideoLayout) -> str:  # transformers' SmolVLMProcessor: an intro, each frame timed
+        duration = str(timedelta(seconds=int(video.duration)))
+        text = (f"You are provided the following series of {number_words(video.frames)} frames from a {duration} "
+                "[H:MM:SS] video.\n")  # fmt: skip
+        frame = image_text(ImageLayout(1))
+        return text + "".join(f"\nFrame from {_clock(t)}:{frame}" for t in video.times) + "\n\n"
+
     side = range(1, cfg.max_side + 1)
     tags = (_tile_tag(r, c) for r in side for c in side)
     controls = ("<|im_start|>", "<end_of_utterance>", FAKE, GLOBAL, IMAGE, *tags)
-    return PromptFormat(TEMPLATES[cfg.template], FAKE + GLOBAL, IMAGE, FAKE, controls, image_text)
+    return PromptFormat(TEMPLATES[cfg.template], FAKE + GLOBAL, IMAGE, FAKE, controls, image_text, video_text)
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,6 +433,10 @@ class Splitting:
     max_tiles: int = 17
     resample: int = LANCZOS
     norm: Norm = HALF
+    video_fps: float = 1.0
+    video_max_frames: int = 64
+    video_edge: int | None = None  # a frame's longest side before it is resized to one tile (None: a tile)
+    frame_group: ClassVar[int] = 1  # video frames per vision run
 
     def capped(self, max_tiles: int | None, max_pixels: int | None = None) -> Splitting:
         """At most `max_tiles` tiles (and no more than `max_pixels` of them in area): each image is then
@@ -425,11 +481,31 @@ class Splitting:
     def load(self, source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Tiles:
         return self.tile_image(load_image(source, max_pixels=max_pixels))
 
+    def sample(self, info: VideoInfo, sampling: FrameSampling) -> list[int]:
+        """The frames of a clip, as transformers' SmolVLMVideoProcessor samples them: `fps` per second, at
+        most `frames`, evenly from end to end; a second is skipped at each end of a clip long enough."""
+        most = sampling.frames or self.video_max_frames
+        fps = sampling.fps or self.video_fps
+        wanted = max(1, min(round(fps * info.duration), most))
+        start, end = 0, info.frames - 1
+        if info.duration - 2 > most * fps:  # one second off each end
+            start, end = int(info.fps), int(info.frames - info.fps)
+        start, end = max(0, start), min(end, info.frames - 1)
+        if start >= end:
+            start, end = 0, info.frames - 1
+        return sorted({int(i) for i in np.linspace(start, end, wanted, dtype=int)})
+
+    def frames(self, images: list[Image.Image]) -> list[Tiles]:
+        """A clip's frames as the vision encoder takes them: each resized to the video size and then to one
+        tile, never split."""
+        whole = replace(self, splitting=False, longest_edge=self.video_edge or self.tile)
+        return [whole.tile_image(img) for img in images]
+
 
 def tiling(cfg: ModelConfig, min_tiles: int, max_tiles: int) -> Splitting:
     """The model's processor settings with at most `max_tiles` tiles (min_tiles does not apply)."""
     whole = Splitting(cfg.tile_size, cfg.longest_edge, cfg.splitting, cfg.max_tiles, cfg.resample,
-                      (cfg.image_mean, cfg.image_std))  # fmt: skip
+                      (cfg.image_mean, cfg.image_std), cfg.video_fps, cfg.video_max_frames, cfg.video_edge)  # fmt: skip
     return whole.capped(max_tiles)
 
 

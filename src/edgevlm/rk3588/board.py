@@ -29,11 +29,12 @@ import numpy as np
 
 from .. import models
 from ..bundle import Manifest
-from ..engine import BundleEngine, Conversation, EncodedImage, TurnStats, load_prompt, without_lead
+from ..engine import BundleEngine, Conversation, EncodedImage, EncodedVideo, TurnStats, load_prompt, without_lead
 from ..image import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from ..prompt import TEMPLATE, ImageLayout, PromptEncoder, PromptFormat, Turn
 from ..runtime.generate import GenerationStats, StreamChunk
 from ..runtime.sampling import SamplingParams
+from ..video import VideoSource
 from .rkllm import Perf, RkllmError, RkllmModel
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -136,6 +137,11 @@ class BoardModel(BundleEngine):
         one_block = several == f.image_start + f.image_token * several.count(f.image_token) + f.image_end
         return super().encode_image(source, max_tiles=max_tiles if one_block else 1, max_pixels=max_pixels,
                                     decode_limit=decode_limit)  # fmt: skip
+
+    def encode_video(self, source: VideoSource, **limits: object) -> EncodedVideo:
+        """Not on the NPU yet: RKLLM takes a turn's images as blocks of one size, with no text between them,
+        which no family's frame layout is."""
+        raise BoardError("videos are not supported on the NPU backend yet; run with --backend cpu")
 
     def count_tokens(self, conversation: Conversation) -> int:
         """RKLLM tokenises with the same tokenizer, so the count is the bundle's."""

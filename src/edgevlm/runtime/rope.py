@@ -6,7 +6,7 @@ so a family whose positions are not 0, 1, 2, ... (multimodal rotary schemes) nee
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -29,19 +29,24 @@ def rope_angles(text: TextConfig, positions: np.ndarray) -> np.ndarray:
     return positions[:, axis] * inverse_frequencies(text)
 
 
-def mrope_positions(ids: Sequence[int], image_token: int, grids: Sequence[tuple[int, int]]) -> np.ndarray:
+def mrope_positions(ids: Sequence[int], visual_ids: Collection[int],
+                    blocks: Sequence[tuple[int, int, int]]) -> np.ndarray:  # fmt: skip
     """M-RoPE positions [S, 3] of a prompt, as transformers' get_rope_index gives them: text tokens advance
-    all three axes together; an image's tokens (a run of `image_token`, one per merged cell of its
-    (columns, rows) grid, row by row) take time 0 and their row and column, offset by the position the
-    image starts at; the text after an image continues from the largest position so far + 1."""
+    all three axes together; each image or video (a run of `visual_ids` tokens, one per merged cell of its
+    (runs, columns, rows) block: a picture is one run, a video one per pair of frames, run by run and row by
+    row) takes its run, row and column, offset by the position it starts at; the text after it continues
+    from the largest position so far + 1. (transformers 5.24 continues from the start + the larger of columns
+    and rows, which is the same unless a video has more runs than that; Qwen2-VL's own code, as this, takes
+    the largest position.)"""
     out = np.zeros((len(ids), 3), dtype=np.int64)
-    images, next_pos, i = iter(grids), 0, 0
+    media, next_pos, i = iter(blocks), 0, 0
     while i < len(ids):
-        if ids[i] != image_token:
+        if ids[i] not in visual_ids:
             out[i], next_pos, i = next_pos, next_pos + 1, i + 1
             continue
-        cols, rows = next(images)
-        cell = np.arange(cols * rows)
-        out[i : i + cols * rows] = np.stack([np.zeros_like(cell), cell // cols, cell % cols], axis=1) + next_pos
-        next_pos, i = int(out[i : i + cols * rows].max()) + 1, i + cols * rows
+        runs, cols, rows = next(media)
+        cell = np.arange(runs * cols * rows)
+        place = np.stack([cell // (cols * rows), cell % (cols * rows) // cols, cell % cols], axis=1)
+        out[i : i + len(cell)] = place + next_pos
+        next_pos, i = int(out[i : i + len(cell)].max()) + 1, i + len(cell)
     return out

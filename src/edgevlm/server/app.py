@@ -33,8 +33,10 @@ from ..runtime.decoder import ContextOverflow
 from ..runtime.generate import StreamChunk
 from ..runtime.memory import pin_mmap_threshold
 from ..runtime.sampling import SamplingParams
+from ..session import video_budget
+from ..video import FrameSampling, VideoError
 from .gate import check_browser_origin
-from .images import RequestError, fetch_image
+from .images import RequestError, fetch_media
 from .schema import DEFAULT_MAX_TOKENS, ChatRequest, Limits, parse_chat_request
 from .settings import ServerSettings
 
@@ -148,7 +150,7 @@ class Server:
         self.lock = asyncio.Lock()  # the model: one generation at a time
         self.places = 0  # requests admitted: generating, waiting for the model, or being prepared
         self.limits = Limits(model.context_length, settings.max_images, settings.max_message_chars,
-                             settings.max_request_chars)  # fmt: skip
+                             settings.max_request_chars, settings.max_videos)  # fmt: skip
 
     # -- admission ---------------------------------------------------------------------------
 
@@ -199,17 +201,27 @@ class Server:
     # -- the request -------------------------------------------------------------------------
 
     def _prepare(self, req: ChatRequest) -> tuple[Conversation, SamplingParams]:
-        """Fetch and tile the images and render the prompt (worker thread: CPU and I/O)."""
-        images = []
+        """Fetch and tile the images and videos and render the prompt (worker thread: CPU and I/O)."""
+        s, images, videos = self.settings, [], []
         for url in req.image_urls():
             try:
-                data = fetch_image(url, self.settings)
-                images.append(self.model.encode_image(data, max_tiles=self.settings.max_tiles,
-                                                      max_pixels=self.settings.max_pixels,
-                                                      decode_limit=self.settings.max_image_pixels))  # fmt: skip
+                data = fetch_media(url, s)
+                images.append(self.model.encode_image(data, max_tiles=s.max_tiles, max_pixels=s.max_pixels,
+                                                      decode_limit=s.max_image_pixels))  # fmt: skip
             except (ImageError, ValueError) as e:
                 raise RequestError(f"bad image: {e}", param="messages") from None
-        conversation = Conversation(req.as_turns([img.tiles.layout for img in images]), images, req.system)
+        urls = req.video_urls()
+        budget = video_budget(self.model.context_length, req.params.max_tokens) // max(1, len(urls))
+        for url in urls:
+            try:
+                videos.append(self.model.encode_video(fetch_media(url, s, "video"), max_pixels=s.max_pixels,
+                                                      frames=FrameSampling(s.max_video_frames, s.video_fps),
+                                                      decode_limit=s.max_image_pixels,
+                                                      max_seconds=s.max_video_seconds, budget=budget))  # fmt: skip
+            except (VideoError, ImageError, ValueError) as e:
+                raise RequestError(f"bad video: {e}", param="messages") from None
+        turns = req.as_turns([img.tiles.layout for img in images], [v.layout for v in videos])
+        conversation = Conversation(turns, images, req.system, videos)
         n = self.model.count_tokens(conversation)
         room = self.model.context_length - n
         if room < 1:
@@ -273,6 +285,7 @@ class Server:
             if gen is not None:
                 gen.close()  # records what the cache holds
             conversation.images.clear()  # an abandoned stream may keep this frame alive until the GC runs
+            conversation.videos.clear()
             run.put(_DONE)
             run.loop.call_soon_threadsafe(self._release)
 

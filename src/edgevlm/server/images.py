@@ -1,4 +1,4 @@
-"""Images named in requests: data: URLs always; http(s) and file:// only when the operator allows."""
+"""Images and videos named in requests: data: URLs always; http(s) and file:// only when the operator allows."""
 
 from __future__ import annotations
 
@@ -19,36 +19,37 @@ class RequestError(ValueError):
         self.status, self.param = status, param
 
 
-def fetch_image(url: str, s: ServerSettings) -> bytes:
-    """The bytes an image_url names, within the server's limits."""
-    scheme = url.partition(":")[0].lower() if ":" in url else ""
+def fetch_media(url: str, s: ServerSettings, kind: str = "image") -> bytes:
+    """The bytes an image_url (or, with kind "video", a video_url) names, within the server's limits: the
+    same schemes, confinement and size limits for both."""
+    scheme, param = (url.partition(":")[0].lower() if ":" in url else ""), f"{kind}_url"
     if scheme == "data":
-        return _data_url(url)
+        return _data_url(url, kind)
     if scheme in ("http", "https"):
         if not s.allow_remote_images:
-            raise RequestError("remote image URLs are disabled on this server (send a data: URL, or start it "
-                               "with --allow-remote-images)", param="image_url")  # fmt: skip
-        return _download(url, s)
+            raise RequestError(f"remote {kind} URLs are disabled on this server (send a data: URL, or start it "
+                               "with --allow-remote-images)", param=param)  # fmt: skip
+        return _download(url, s, kind)
     if scheme == "file":
         if s.allow_local_images is None:
-            raise RequestError("file:// image URLs are disabled on this server (--allow-local-images DIR)",
-                               param="image_url")  # fmt: skip
-        return _local_file(url, s.allow_local_images)
-    raise RequestError(f"unsupported image URL scheme {scheme[:20]!r} (use data:, or http(s): or file: where the "
-                       "server allows them)", param="image_url")  # fmt: skip
+            raise RequestError(f"file:// {kind} URLs are disabled on this server (--allow-local-images DIR)",
+                               param=param)  # fmt: skip
+        return _local_file(url, s.allow_local_images, kind)
+    raise RequestError(f"unsupported {kind} URL scheme {scheme[:20]!r} (use data:, or http(s): or file: where the "
+                       "server allows them)", param=param)  # fmt: skip
 
 
-def _data_url(url: str) -> bytes:
+def _data_url(url: str, kind: str) -> bytes:
     header, sep, payload = url.partition(",")
     if not sep or ";base64" not in header:
-        raise RequestError("image data: URLs must be base64 (data:image/...;base64,...)", param="image_url")
+        raise RequestError(f"{kind} data: URLs must be base64 (data:{kind}/...;base64,...)", param=f"{kind}_url")
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise RequestError("image data: URL is not valid base64", param="image_url") from None
+        raise RequestError(f"{kind} data: URL is not valid base64", param=f"{kind}_url") from None
 
 
-def _local_file(url: str, folder: Path) -> bytes:
+def _local_file(url: str, folder: Path, kind: str) -> bytes:
     root = folder.resolve()
     try:
         parts = urllib.parse.urlsplit(url)
@@ -59,15 +60,15 @@ def _local_file(url: str, folder: Path) -> bytes:
             raise ValueError("outside the folder")
         return path.read_bytes()
     except (ValueError, OSError):  # malformed, NUL bytes, bad escapes, unreadable: all the same answer
-        raise RequestError(f"file:// images must be readable files inside {root}", param="image_url") from None
+        raise RequestError(f"file:// {kind}s must be readable files inside {root}", param=f"{kind}_url") from None
 
 
-def _download(url: str, s: ServerSettings) -> bytes:
+def _download(url: str, s: ServerSettings, kind: str) -> bytes:
     policy = FetchPolicy(int(s.remote_image_max_mb * 2**20), s.remote_image_timeout, s.allow_private_image_hosts)
     try:
         return fetch(url, policy)
     except FetchError as e:
-        raise RequestError(f"cannot fetch image {_shown(url)}: {e}", param="image_url") from None
+        raise RequestError(f"cannot fetch {kind} {_shown(url)}: {e}", param=f"{kind}_url") from None
 
 
 def _shown(url: str) -> str:

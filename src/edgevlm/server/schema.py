@@ -7,10 +7,11 @@ checked against its bounds.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..prompt import ImageLayout, Turn, is_text
+from ..prompt import ImageLayout, Turn, VideoLayout, is_text
 from ..runtime.sampling import DEFAULT_MAX_TOKENS, SamplingParams
 from ..structured import ANY_OBJECT, ResponseFormat, SchemaError, check
 from .images import RequestError
@@ -27,6 +28,7 @@ class Limits:
     max_images: int
     max_message_chars: int
     max_request_chars: int
+    max_videos: int = 0
 
 
 @dataclass
@@ -34,6 +36,7 @@ class UserTurn:
     text: str
     image_urls: list[str] = field(default_factory=list)
     answer: str | None = None
+    video_urls: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -49,10 +52,14 @@ class ChatRequest:
     def image_urls(self) -> list[str]:
         return [url for t in self.turns for url in t.image_urls]
 
-    def as_turns(self, layouts: list[ImageLayout]) -> list[Turn]:
-        """Prompt turns, given the layout of each image in request order."""
-        it = iter(layouts)
-        return [Turn(t.text, tuple(next(it) for _ in t.image_urls), t.answer) for t in self.turns]
+    def video_urls(self) -> list[str]:
+        return [url for t in self.turns for url in t.video_urls]
+
+    def as_turns(self, layouts: list[ImageLayout], videos: Sequence[VideoLayout] = ()) -> list[Turn]:
+        """Prompt turns, given the layout of each image and each video in request order."""
+        it, vt = iter(layouts), iter(videos)
+        return [Turn(t.text, tuple(next(it) for _ in t.image_urls), t.answer, tuple(next(vt) for _ in t.video_urls))
+                for t in self.turns]  # fmt: skip
 
 
 def _checked_text(text: str, where: str, limits: Limits) -> str:
@@ -64,24 +71,26 @@ def _checked_text(text: str, where: str, limits: Limits) -> str:
     return text
 
 
-def _text_and_images(content: Any, role: str, where: str, limits: Limits) -> tuple[str, list[str]]:
+def _content(content: Any, role: str, where: str, limits: Limits) -> tuple[str, dict[str, list[str]]]:
+    """A message's text, and the URLs of its image_url and video_url parts."""
+    urls: dict[str, list[str]] = {"image_url": [], "video_url": []}
     if isinstance(content, str):
-        return _checked_text(content, where, limits), []
+        return _checked_text(content, where, limits), urls
     if content is None and role == "assistant":
-        return "", []
+        return "", urls
     if not isinstance(content, list):
         raise RequestError(f"{where}: content must be a string or a list of parts", param="messages")
-    texts, urls = [], []
+    texts = []
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
-        elif kind == "image_url" and role == "user":
-            ref = part.get("image_url")
+        elif kind in urls and role == "user":
+            ref = part.get(kind)
             url = ref.get("url") if isinstance(ref, dict) else ref
             if not isinstance(url, str) or not url:
-                raise RequestError(f"{where}: image_url parts need an image_url.url string", param="messages")
-            urls.append(url)
+                raise RequestError(f"{where}: {kind} parts need a {kind}.url string", param="messages")
+            urls[kind].append(url)
         else:
             shown = kind if isinstance(kind, str) and len(kind) <= 40 else type(part).__name__
             raise RequestError(f"{where}: unsupported content part {shown!r} in a {role} message", param="messages")
@@ -102,7 +111,7 @@ def _turns(messages: Any, limits: Limits) -> tuple[list[UserTurn], str | None]:
         if role not in ("system", "developer", "user", "assistant"):
             shown = role if isinstance(role, str) and len(role) <= 40 else type(role).__name__
             raise RequestError(f"message role must be system, user or assistant, got {shown!r}", param="messages")
-        text, urls = _text_and_images(m.get("content"), role, f"message {i + 1}", limits)
+        text, urls = _content(m.get("content"), role, f"message {i + 1}", limits)
         total += len(text)
         if total > limits.max_request_chars:
             limit = limits.max_request_chars
@@ -113,9 +122,10 @@ def _turns(messages: Any, limits: Limits) -> tuple[list[UserTurn], str | None]:
         elif role == "user":
             if turns and turns[-1].answer is None:  # consecutive user messages form one turn
                 turns[-1].text += "\n" + text
-                turns[-1].image_urls += urls
+                turns[-1].image_urls += urls["image_url"]
+                turns[-1].video_urls += urls["video_url"]
             else:
-                turns.append(UserTurn(text, urls))
+                turns.append(UserTurn(text, urls["image_url"], video_urls=urls["video_url"]))
         else:
             if not turns or turns[-1].answer is not None:
                 raise RequestError("an assistant message must follow a user message", param="messages")
@@ -193,10 +203,11 @@ def parse_chat_request(body: Any, limits: Limits) -> ChatRequest:
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     turns, system = _turns(body.get("messages"), limits)
-    urls = [u for t in turns for u in t.image_urls]
-    if len(urls) > limits.max_images:
-        raise RequestError(f"{len(urls)} images in one request; this server takes at most {limits.max_images}",
-                           param="messages")  # fmt: skip
+    for kind, most in (("image", limits.max_images), ("video", limits.max_videos)):
+        count = sum(len(getattr(t, f"{kind}_urls")) for t in turns)
+        if count > most:
+            raise RequestError(f"{count} {kind}s in one request; this server takes at most {most}",
+                               param="messages")  # fmt: skip
     if _number(body, "n", int, 1, 1, 1) != 1:
         raise RequestError("only n=1 is supported", param="n")
     tokens_key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"

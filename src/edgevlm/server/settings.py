@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .. import BACKENDS
 from ..feature_cache import DEFAULT_IMAGE_CACHE_MB
+from ..video import MAX_SAMPLED_FRAMES
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,11 @@ class ServerSettings:
     max_images: int = 4  # per request
     max_image_pixels: int = 32_000_000
     max_tiles: int | None = None
-    max_pixels: int | None = None  # images resized to at most this area (bounds their tokens)
+    max_pixels: int | None = None  # images and video frames resized to at most this area (bounds their tokens)
+    max_videos: int = 1  # per request
+    max_video_seconds: float = 600.0  # longest clip accepted
+    max_video_frames: int | None = None  # frames taken from each clip (None: the model's own sampling)
+    video_fps: float | None = None  # frames per second taken (None: the model's own)
     allow_remote_images: bool = False
     allow_local_images: Path | None = None  # file:// URLs only from inside this folder
     allow_private_image_hosts: bool = False  # remote images from loopback, private or link-local addresses
@@ -45,7 +50,8 @@ class ServerSettings:
 
 BOUNDS = {
     "port": (1, 65535), "max_queue": (0, 10_000), "max_body_mb": (0.001, 4096), "max_images": (0, 64),
-    "max_image_pixels": (1, 2**31), "max_tiles": (1, 64), "max_pixels": (1, 2**31),
+    "max_image_pixels": (1, 2**31), "max_tiles": (1, 64), "max_pixels": (1, 2**31), "max_videos": (0, 16),
+    "max_video_seconds": (0.001, 86_400), "max_video_frames": (1, MAX_SAMPLED_FRAMES), "video_fps": (0.001, 1000),
     "remote_image_max_mb": (0.001, 4096),
     "remote_image_timeout": (0.1, 3600), "max_message_chars": (1, 10**8), "max_request_chars": (1, 10**8),
     "threads": (1, 1024), "image_cache_mb": (0, 65536),
@@ -58,8 +64,15 @@ HELP = {
     "max_queue": "requests allowed to wait for the model", "max_body_mb": "largest request body",
     "max_images": "images per request", "max_image_pixels": "largest image accepted, in pixels",
     "max_tiles": "tiles per image",
-    "max_pixels": "resize each image to at most this area, in pixels (bounds its tokens; Qwen2-VL's max_pixels)",
-    "allow_remote_images": "fetch http(s) image URLs", "allow_local_images": "serve file:// images from this folder",
+    "max_pixels": "resize each image and video frame to at most this area, in pixels (bounds its tokens; Qwen2-VL's "
+                  "max_pixels)",
+    "max_videos": "videos per request (video_url parts; needs the [video] extra)",
+    "max_video_seconds": "longest video accepted, in seconds",
+    "max_video_frames": "most frames taken from each video (default: the model's own sampling, as many as the "
+                        "context holds)",
+    "video_fps": "frames per second taken from each video (default: the model's own)",
+    "allow_remote_images": "fetch http(s) image and video URLs",
+    "allow_local_images": "serve file:// images and videos from this folder",
     "remote_image_max_mb": "largest remote image", "remote_image_timeout": "seconds to fetch a remote image",
     "allow_private_image_hosts": "let remote image URLs reach loopback, private and link-local addresses",
     "max_message_chars": "characters of text in one message", "max_request_chars": "characters of text per request",

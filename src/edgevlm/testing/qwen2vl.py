@@ -50,25 +50,26 @@ def image_processor(min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280)
                                     merge_size=2, resample=3)  # fmt: skip
 
 
-def processor(tok: Tokenizer | None = None, **image_kwargs: Any) -> Any:
+def processor(tok: Tokenizer | None = None, video_processor: Any = None, **image_kwargs: Any) -> Any:
     """transformers' Qwen2VLProcessor over the tokenizer: it expands each `<|image_pad|>` per image."""
     from transformers import PreTrainedTokenizerFast, Qwen2VLProcessor
 
     class _Processor(Qwen2VLProcessor):
-        # Its video processor needs torchvision; images never touch it, so it is left out.
+        # Images never touch the video processor: it is left out unless given (testing.clips makes one).
         def check_argument_for_proper_class(self, name: str, arg: Any) -> Any:
-            return None if name == "video_processor" else super().check_argument_for_proper_class(name, arg)
+            return None if arg is None else super().check_argument_for_proper_class(name, arg)
 
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok or fixture_tokenizer()[0], eos_token="<|im_end|>",
                                      pad_token="<|endoftext|>",
                                      extra_special_tokens={"image_token": "<|image_pad|>",
                                                            "video_token": "<|video_pad|>"})  # fmt: skip
-    return _Processor(image_processor=image_processor(**image_kwargs), tokenizer=hf_tok, video_processor=None,
+    return _Processor(image_processor=image_processor(**image_kwargs), tokenizer=hf_tok,
+                      video_processor=video_processor,
                       chat_template=CHAT_TEMPLATE)  # fmt: skip
 
 
-def chat_prompt(proc: Any, turns: list[tuple[str, int, str | None]], system: str | None = None) -> str:
-    """The checkpoints' chat template over (question, images, answer) turns."""
+def chat_prompt(proc: Any, turns: list[tuple[Any, ...]], system: str | None = None) -> str:
+    """The checkpoints' chat template over (question, images, answer[, videos]) turns."""
     return render_chat(proc, CHAT_TEMPLATE, turns, system)
 
 

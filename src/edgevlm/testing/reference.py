@@ -27,15 +27,15 @@ def image_processor(min_tiles: int = 1, max_tiles: int = 12, tile: int = 448) ->
 
 
 def processor(tokenizer: Tokenizer, min_tiles: int = 1, max_tiles: int = 12, tile: int = 448,
-              tokens_per_tile: int = 256) -> Any:  # fmt: skip
+              tokens_per_tile: int = 256, video_processor: Any = None) -> Any:  # fmt: skip
     """transformers' InternVLProcessor over our tokenizer: it expands each `<IMG_CONTEXT>` in the
     text into `<img>` + tokens_per_tile x tiles `<IMG_CONTEXT>` + `</img>` and tokenises the result."""
     from transformers import InternVLProcessor, PreTrainedTokenizerFast
 
     class _Processor(InternVLProcessor):
-        # Its video processor needs torchvision; images never touch it, so it is left out.
+        # Images never touch the video processor: it is left out unless given (testing.clips makes one).
         def check_argument_for_proper_class(self, name: str, arg: Any) -> Any:
-            return None if name == "video_processor" else super().check_argument_for_proper_class(name, arg)
+            return None if arg is None else super().check_argument_for_proper_class(name, arg)
 
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
@@ -43,7 +43,7 @@ def processor(tokenizer: Tokenizer, min_tiles: int = 1, max_tiles: int = 12, til
                               "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"},
     )  # fmt: skip
     return _Processor(image_processor=image_processor(min_tiles, max_tiles, tile), tokenizer=hf_tok,
-                      video_processor=None, image_seq_length=tokens_per_tile)  # fmt: skip
+                      video_processor=video_processor, image_seq_length=tokens_per_tile)  # fmt: skip
 
 
 def original_prompt(turns: list[tuple[str, int, str | None]], system: str = DEFAULT_SYSTEM_INTERNVL) -> str:

@@ -67,14 +67,15 @@ def image_processor(cfg: ModelConfig, *, longest_edge: int | None = None, splitt
     )  # fmt: skip
 
 
-def processor(cfg: ModelConfig, tok: Tokenizer | None = None, **image_kwargs: Any) -> Any:
+def processor(cfg: ModelConfig, tok: Tokenizer | None = None, video_processor: Any = None,
+              **image_kwargs: Any) -> Any:  # fmt: skip
     """transformers' SmolVLMProcessor over the tokenizer, with the checkpoints' chat template."""
     from transformers import PreTrainedTokenizerFast, SmolVLMProcessor
 
     class _Processor(SmolVLMProcessor):
-        # Its video processor needs torchvision; images never touch it, so it is left out.
+        # Images never touch the video processor: it is left out unless given (testing.clips makes one).
         def check_argument_for_proper_class(self, name: str, arg: Any) -> Any:
-            return None if name == "video_processor" else super().check_argument_for_proper_class(name, arg)
+            return None if arg is None else super().check_argument_for_proper_class(name, arg)
 
     hf_tok = PreTrainedTokenizerFast(
         tokenizer_object=tok or tokenizer(), bos_token="<|im_start|>", eos_token="<end_of_utterance>",
@@ -82,13 +83,18 @@ def processor(cfg: ModelConfig, tok: Tokenizer | None = None, **image_kwargs: An
         extra_special_tokens={"fake_image_token": "<fake_token_around_image>", "image_token": "<image>",
                               "end_of_utterance_token": "<end_of_utterance>", "global_image_token": "<global-img>"},
     )  # fmt: skip
-    return _Processor(image_processor=image_processor(cfg, **image_kwargs), tokenizer=hf_tok, video_processor=None,
+    return _Processor(image_processor=image_processor(cfg, **image_kwargs), tokenizer=hf_tok,
+                      video_processor=video_processor,
                       image_seq_len=cfg.tokens_per_tile, chat_template=CHAT_TEMPLATE)  # fmt: skip
 
 
-def chat_prompt(proc: Any, turns: list[tuple[str, int, str | None]], system: str | None = None) -> str:
-    """The checkpoints' chat template over (question, images, answer) turns."""
-    return render_chat(proc, CHAT_TEMPLATE, turns, system)
+def chat_prompt(proc: Any, turns: list[tuple[Any, ...]], system: str | None = None) -> str:
+    """The checkpoints' chat template over (question, images, answer[, videos]) turns; with videos, the
+    template transformers' SmolVLMProcessor switches to for them."""
+    from transformers.models.smolvlm.processing_smolvlm import DEFAULT_CHAT_TEMPLATE
+
+    videos = any(sum(t[3:]) for t in turns)
+    return render_chat(proc, DEFAULT_CHAT_TEMPLATE if videos else CHAT_TEMPLATE, turns, system)
 
 
 def hf_config(cfg: ModelConfig) -> Any:
