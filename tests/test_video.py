@@ -24,6 +24,22 @@ def test_frames_are_counted_and_decoded_by_index(tmp_path):
     assert read_frames(clip.read_bytes(), [3])[0].tobytes() == read_frames(clip, [3])[0].tobytes()  # bytes too
 
 
+def test_frames_reached_by_seeking_equal_the_frames_decoded_in_order(tmp_path):
+    """H.264 with B-frames and a keyframe every 10 frames: far frames are reached by seeking, the same pixels."""
+    from edgevlm import video
+
+    clip = write_clip(tmp_path / "gop.mp4", frames=120, size=(96, 64), fps=24, codec="libx264", flat=False, gop=10)
+    with video._open(clip) as container:
+        stamps, keys = video._frame_table(container, container.streams.video[0])
+    assert len(stamps) == 120 and 10 <= len(keys) < 20
+    every: dict = {}
+    with video._open(clip) as container:
+        video._decode_in_order(container, container.streams.video[0], list(range(120)), every)
+    for indices in ([3, 57, 119], [119, 0, 64, 65, 12], list(range(0, 120, 7)), [40]):
+        got = read_frames(clip, indices)
+        assert [f.tobytes() for f in got] == [every[i].tobytes() for i in indices], indices
+
+
 def test_bad_clips_are_one_line_errors(tmp_path):
     clip = write_clip(tmp_path / "clip.mp4", frames=30)
     half_mp4 = tmp_path / "half.mp4"  # MP4 keeps its index at the end: cut, it cannot be opened

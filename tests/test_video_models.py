@@ -353,7 +353,8 @@ def test_server_answers_about_a_clip_as_the_api_within_its_limits(cases, clip, s
     expected = model.chat("What happens?", videos=[clip], max_tokens=NEW, frames=2)
     url = "data:video/mp4;base64," + base64.b64encode(clip.read_bytes()).decode()
     long_clip = clips.write_clip(tmp_path / "long.mp4", frames=40, fps=4)
-    server = Server(smol_bundle, "--max-video-frames", "2", "--max-video-seconds", "5")
+    server = Server(smol_bundle, "--max-video-frames", "2", "--max-video-seconds", "5", "--allow-local-images",
+                    str(clip.parent))  # fmt: skip
     try:
         client = server.client()
 
@@ -365,10 +366,12 @@ def test_server_answers_about_a_clip_as_the_api_within_its_limits(cases, clip, s
         reply = ask(url)
         assert reply.choices[0].message.content == expected
         assert "".join(c.choices[0].delta.content or "" for c in ask(url, stream=True) if c.choices) == expected
+        assert ask(clip.as_uri()).choices[0].message.content == expected  # file:// inside the allowed folder
         long_url = "data:video/mp4;base64," + base64.b64encode(long_clip.read_bytes()).decode()
         bad = "data:video/mp4;base64," + base64.b64encode(clip.read_bytes()[:3000]).decode()
         for urls, words in (((url, url), "2 videos in one request"), ((long_url,), "10 s long, more than the limit"),
-                            ((bad,), "bad video"), (("file:///etc/passwd",), "file:// video URLs are disabled"),
+                            ((bad,), "bad video"),
+                            (("file:///etc/passwd",), "file:// videos must be readable files inside"),
                             (("http://example.com/a.mp4",), "remote video URLs are disabled")):  # fmt: skip
             with pytest.raises(openai.BadRequestError) as e:
                 ask(*urls)

@@ -10,6 +10,7 @@ is what a user bounds it with.
 
 from __future__ import annotations
 
+import bisect
 import io
 import math
 from collections.abc import Sequence
@@ -127,20 +128,71 @@ def probe(source: VideoSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_seco
 
 def read_frames(source: VideoSource, indices: Sequence[int], *, max_pixels: int = DEFAULT_MAX_PIXELS
                 ) -> list[Image.Image]:  # fmt: skip
-    """The frames at `indices` (0-based, in decoding order) as RGB images."""
+    """The frames at `indices` (0-based, in presentation order) as RGB images. A frame far from the last
+    one decoded is reached by seeking to the keyframe before it, so a few frames of a long clip cost a few
+    groups of pictures, not the whole clip."""
     av, name, wanted = _av(), _name(source), sorted(set(indices))
     probe(source, max_pixels=max_pixels)
     found: dict[int, Image.Image] = {}
     with _open(source) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame and slice threads: decoding is most of a clip's cost
         try:
-            for i, frame in enumerate(container.decode(video=0)):
-                if i in wanted:
-                    found[i] = frame.to_image().convert("RGB")
-                if i >= wanted[-1]:
-                    break
+            table = _frame_table(container, stream)
+            container.seek(0)
+            if table is None:
+                _decode_in_order(container, stream, wanted, found)
+            else:
+                _decode_by_seeking(container, stream, wanted, *table, found)
         except av.error.FFmpegError:
             pass  # judged below: the frames asked for are there or not
     missing = [i for i in wanted if i not in found]
     if missing:
         raise VideoError(f"{name}: damaged or truncated (frame {missing[0]} cannot be decoded)")
     return [found[i] for i in indices]
+
+
+def _frame_table(container: Any, stream: Any) -> tuple[list[int], list[int]] | None:
+    """Every frame's timestamp in presentation order and the keyframes' (None: packets without them)."""
+    stamps, keys = [], []
+    for packet in container.demux(stream):
+        if packet.size == 0:
+            continue
+        if packet.pts is None:
+            return None
+        stamps.append(packet.pts)
+        if packet.is_keyframe:
+            keys.append(packet.pts)
+    return sorted(stamps), sorted(keys)
+
+
+def _rgb(frame: Any) -> Image.Image:
+    return frame.to_image().convert("RGB")
+
+
+def _decode_in_order(container: Any, stream: Any, wanted: list[int], found: dict[int, Image.Image]) -> None:
+    for i, frame in enumerate(container.decode(stream)):
+        if i in wanted:
+            found[i] = _rgb(frame)
+        if i >= wanted[-1]:
+            return
+
+
+def _decode_by_seeking(container: Any, stream: Any, wanted: list[int], stamps: list[int], keys: list[int],
+                       found: dict[int, Image.Image]) -> None:  # fmt: skip
+    index = {stamps[i]: i for i in wanted if i < len(stamps)}
+    frames, last = None, None  # the decoder's frames, and the timestamp of the last one it gave
+    for i in (i for i in wanted if i < len(stamps)):
+        target = stamps[i]
+        if i in found:
+            continue
+        key = keys[max(bisect.bisect_right(keys, target) - 1, 0)] if keys else stamps[0]
+        if frames is None or last is None or last >= target or key > last:  # behind, or a keyframe nearer
+            container.seek(key, stream=stream, backward=True)
+            frames, last = container.decode(stream), None
+        for frame in frames:
+            last = frame.pts
+            if last in index and index[last] not in found:
+                found[index[last]] = _rgb(frame)
+            if last is None or last >= target:
+                break

@@ -23,8 +23,8 @@ def frame_pixels(i: int, size: tuple[int, int], *, flat: bool = False) -> np.nda
 
 
 def write_clip(path: Path, frames: int = 12, size: tuple[int, int] = (64, 48), fps: float = 6, codec: str = "mpeg4",
-               container: str | None = None, *, flat: bool = True) -> Path:  # fmt: skip
-    """A clip of `frames` frames (see frame_pixels), written with PyAV."""
+               container: str | None = None, *, flat: bool = True, gop: int | None = None) -> Path:  # fmt: skip
+    """A clip of `frames` frames (see frame_pixels), written with PyAV; `gop`: frames between keyframes."""
     import av
 
     with av.open(str(path), "w", format=container) as out:
@@ -33,6 +33,8 @@ def write_clip(path: Path, frames: int = 12, size: tuple[int, int] = (64, 48), f
         stream.pix_fmt = "yuv420p" if codec != "gif" else "rgb8"
         if codec == "mpeg4":
             stream.options = {"qscale": "1"}  # near-lossless: frames keep their pattern
+        if gop:
+            stream.codec_context.gop_size = gop
         out.start_encoding()  # the header, even for a clip of no frames
         for i in range(frames):
             out.mux(stream.encode(av.VideoFrame.from_ndarray(frame_pixels(i, size, flat=flat), format="rgb24")))
