@@ -475,3 +475,28 @@ def test_json_answers_are_refused_on_the_npu_with_the_reason(model, stub, board_
                                                   "response_format": {"type": "json_object"}})  # fmt: skip
     assert r.status_code == 400 and "--backend cpu" in r.json()["error"]["message"]
     assert stub.stub_num(b"runs") == runs  # nothing reached the runtime
+
+
+def test_videos_are_refused_on_the_npu_with_the_reason(model, stub, board_bundle, tmp_path):
+    """RKLLM takes a turn's images as same-size blocks with nothing between: no family's frames fit that yet."""
+    pytest.importorskip("av", reason="the [video] extra (PyAV) is not installed")
+    import base64
+
+    from starlette.testclient import TestClient
+
+    from edgevlm.rk3588.board import BoardError
+    from edgevlm.server.app import create_app
+    from edgevlm.server.settings import ServerSettings
+    from edgevlm.testing.clips import write_clip
+
+    clip = write_clip(tmp_path / "c.mp4")
+    board = board_engine(board_bundle, model, FakeRknn())
+    runs = stub.stub_num(b"runs")
+    with pytest.raises(BoardError, match="--backend cpu"):
+        board.chat("What happens?", videos=[clip])
+    client = TestClient(create_app(ServerSettings(model=board_bundle), model=board), base_url="http://127.0.0.1")
+    url = "data:video/mp4;base64," + base64.b64encode(clip.read_bytes()).decode()
+    content = [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "What happens?"}]
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": content}]})
+    assert r.status_code == 400 and "--backend cpu" in r.json()["error"]["message"]
+    assert stub.stub_num(b"runs") == runs  # nothing reached the runtime
