@@ -29,7 +29,7 @@ from .prompt import PromptEncoder, Turn, VideoLayout
 from .runtime.generate import GenerationStats, StreamChunk
 from .runtime.sampling import SamplingParams
 from .tokenizer import check_ids
-from .video import NO_BOUNDS, FrameSampling, VideoError, VideoSource, probe, read_frames
+from .video import NO_BOUNDS, FrameSampling, VideoError, VideoInfo, VideoSource, probe, read_frames
 
 if TYPE_CHECKING:
     from .session import ChatSession
@@ -221,19 +221,24 @@ class BundleEngine:
             raise VideoError(self.prompt.no_videos)
         processor = tiling_of(self.manifest).capped(None, max_pixels)
         info = probe(source, max_pixels=decode_limit, max_seconds=max_seconds)
-        indices = processor.sample(info, frames)
-        if budget is not None and frames.frames is None:
-            blank = Image.new("RGB", (info.width, info.height))
-            per_frame = self.rows(processor.frames([blank])[0]) / processor.frame_group
-            if len(indices) * per_frame > budget:
-                fit = max(processor.frame_group, int(budget // per_frame))
-                indices = processor.sample(info, replace(frames, frames=fit))
+        indices = self._sample(processor, info, frames, budget)
         tiles = processor.frames(read_frames(source, indices, max_pixels=decode_limit))
         group = processor.frame_group
         units = [replace(self.encoded(t), frames=min(group, len(indices) - k * group)) for k, t in enumerate(tiles)]
-        layout = VideoLayout(len(indices), len(units), tiles[0].grid, tuple(i / info.fps if info.fps else 0.0
-                             for i in indices), info.duration)  # fmt: skip
-        return EncodedVideo(units, layout)
+        times = tuple(i / info.fps if info.fps else 0.0 for i in indices)
+        return EncodedVideo(units, VideoLayout(len(indices), len(units), tiles[0].grid, times, info.duration))
+
+    def _sample(self, processor: ImageProcessor, info: VideoInfo, frames: FrameSampling,
+                budget: int | None) -> list[int]:  # fmt: skip
+        """The family's frames of a clip; without a frame count given, as many as `budget` tokens hold."""
+        indices = processor.sample(info, frames)
+        if budget is None or frames.frames is not None:
+            return indices
+        blank = Image.new("RGB", (info.width, info.height))  # every frame of a clip has its size
+        per_frame = self.rows(processor.frames([blank])[0]) / processor.frame_group
+        if len(indices) * per_frame <= budget:
+            return indices
+        return processor.sample(info, replace(frames, frames=max(processor.frame_group, int(budget // per_frame))))
 
     def rows(self, tiles: Tiles) -> int:
         """Feature rows (image tokens) of an image or a video's unit, as its family writes it in the prompt."""
