@@ -51,6 +51,16 @@ def test_fp16_fp32_and_sharded(tiny_ref, tiny_cfg, tiny_ckpt, tmp_path, dtype):
         np.testing.assert_allclose(ck.get(name), bf.get(name), rtol=1e-3 if dtype == "fp16" else 0, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
+def test_rows_of_a_table_equal_the_whole_tensor_s(tiny_ref, tiny_cfg, tmp_path, dtype):
+    save_checkpoint(tiny_ref, tiny_cfg, tmp_path / "c", naming="hf", dtype=dtype)
+    ck = open_checkpoint(tmp_path / "c")
+    ids = [5, 0, 5, ck.shape("llm.embed.weight")[0] - 1]
+    rows = ck.rows("llm.embed.weight", ids)
+    assert rows.dtype == np.float32 and rows.shape == (4, ck.shape("llm.embed.weight")[1])
+    np.testing.assert_array_equal(rows, ck.get("llm.embed.weight")[ids])
+
+
 def test_tensors_are_memory_mapped(tiny_ref, tiny_cfg, tmp_path):
     save_checkpoint(tiny_ref, tiny_cfg, tmp_path / "c", naming="original", dtype="fp32")
     ck = open_checkpoint(tmp_path / "c")

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from edgevlm.embedding import EmbeddingTable, write_embedding
+from edgevlm.graphs.builder import InMemory
 from edgevlm.graphs.decoder import DecoderGraphSpec, build_decoder_graph
 from edgevlm.runtime.decoder import OrtLanguageModel
 from edgevlm.runtime.generate import stream_generate
@@ -131,7 +132,7 @@ CONVERSION_MEASURE = {"w8a8": {"kl": 0.0154, "top1": 0.889, "cos": 0.9968},
 
 
 @pytest.mark.parametrize("precision", list(BOUNDS))
-def test_the_conversion_time_measure_on_real_weights(fp32_graph, real, tmp_path, precision):
+def test_the_conversion_time_measure_on_real_weights(real, tmp_path, precision):
     """The figures `convert` records (measure.py, on its built-in exchanges in SmolLM2's own chat format)
     agree with the measure above and the benchmarks page; the 4-bit form's loss trips the warning."""
     from edgevlm import accuracy, measure
@@ -139,8 +140,9 @@ def test_the_conversion_time_measure_on_real_weights(fp32_graph, real, tmp_path,
     cfg, w, tok = real
     samples = [(tok.encode(smollm2.chat_prompt(q) + a + "<|im_end|>").ids, len(tok.encode(smollm2.chat_prompt(q)).ids))
                for q, a in measure.EXCHANGES]  # fmt: skip
-    got = measure.measure_llm(cfg, samples, build(real, tmp_path / precision, precision), fp32_graph,
-                              w["llm.embed.weight"])  # fmt: skip
+    reference = build_decoder_graph(w.__getitem__, cfg, InMemory(), DecoderGraphSpec("fp32"))  # as convert does
+    got = measure.measure_llm(cfg, samples, build(real, tmp_path / precision, precision), reference,
+                              lambda ids: w["llm.embed.weight"][ids])  # fmt: skip
     print(f"{precision}: {got.describe()}")
     page = CONVERSION_MEASURE[precision]
     assert got.tokens == 135 and got.kl_mean == pytest.approx(page["kl"], rel=0.25)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -165,6 +165,15 @@ class Checkpoint:
             raise KeyError(f"no canonical tensor '{name}'")
         parts = [_as_float32(self._maps.array(self._stored[s]), self._stored[s].dtype) for s in self._sources[name]]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+    def rows(self, name: str, ids: Sequence[int]) -> np.ndarray:
+        """Rows `ids` of a 2-D tensor as float32, converting only those (an embedding table's few looked-up
+        rows, instead of a whole fp32 copy of it)."""
+        sources = self._sources[name]
+        if len(sources) > 1:  # stored in parts along the rows (rare for a table): the whole tensor
+            return self.get(name)[list(ids)]
+        ref = self._stored[sources[0]]
+        return _as_float32(np.ascontiguousarray(self._maps.array(ref)[list(ids)]), ref.dtype)
 
     def items(self) -> Iterator[tuple[str, np.ndarray]]:
         for name in self._shapes:

@@ -10,7 +10,7 @@ holds the fp32 weights anyway, measures on built-in inputs and records the figur
 
 from __future__ import annotations
 
-import shutil
+import functools
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -23,15 +23,15 @@ from .accuracy import LlmAccuracy, VisionAccuracy, warnings
 from .config import TextConfig
 from .embedding import EmbeddingTable
 from .engine import common_prefix
+from .graphs.builder import InMemory
 from .graphs.decoder import DecoderGraphSpec, build_decoder_graph, every_position
 from .graphs.vision import VisionGraphSpec
 from .prompt import PromptEncoder, Turn
 from .runtime.memory import memory_mb
-from .runtime.ort import session_from_proto
+from .runtime.ort import WeightsFed, create_session, session_from_proto
 from .runtime.rope import rope_angles
-from .runtime.vision import OrtVisionEncoder
 
-REFERENCE_COPIES = 2.1  # an fp32 reference's peak over its weights' size while loading (measured 2.0 at 2B)
+REFERENCE_COPIES = 1.5  # an fp32 reference's peak over its weights' size while it runs (measured 1.4 at 1B)
 # Photo-like 4:3 scenes (width, height, sun); each becomes one tile of the family's own size (Qwen2-VL, which
 # takes an image whole: 300 tokens for the first).
 PICTURES = ((560, 420, (400, 90)), (640, 480, (120, 70)))
@@ -45,7 +45,7 @@ EXCHANGES = (  # (question, answer): the answer's positions are scored
 
 def probe_pictures(count: int = 1) -> list[Image.Image]:
     """Natural-looking scenes (sky, sun, hills, a house, a tree, texture), the same every time. One by
-    default: an fp32 tile of the 1B model's encoder takes 4.5 s here, the int8 one 1.5 s."""
+    default: an fp32 tile of the 1B model's encoder takes about 2 s on a 2-core VNNI host, the int8 one 0.8 s."""
     rng = np.random.default_rng(0)
     pictures = []
     for width, height, sun in PICTURES[:count]:
@@ -82,15 +82,16 @@ def kl_divergences(reference: np.ndarray, logits: np.ndarray) -> np.ndarray:
     return (np.exp(p_log) * (p_log - q_log)).sum(-1)
 
 
-def measure_vision(family: Any, cfg: Any, quantised: Path, reference: Path) -> VisionAccuracy:
+def measure_vision(family: Any, cfg: Any, quantised: Path, reference: InMemory) -> VisionAccuracy:
     """Cosine of the quantised vision graph's features to the fp32 graph's, on the probe pictures."""
     tiling = family.tiling(cfg, cfg.min_tiles, cfg.max_tiles).capped(1)
     feeds = [f for p in probe_pictures() for f in family.vision_inputs(cfg, tiling.load(p))]
     runs = []
-    for graph in (reference, quantised):
-        encoder = OrtVisionEncoder(graph, cache=False)
-        runs.append(np.concatenate([encoder.run(f).reshape(-1, cfg.text.hidden_size) for f in feeds]))
-        del encoder
+    for load in (lambda: WeightsFed(reference), lambda: create_session(quantised, cache=False)):
+        session = load()
+        runs.append(np.concatenate([session.run(["image_features"], f)[0].reshape(-1, cfg.text.hidden_size)
+                                    for f in feeds]))  # fmt: skip
+        del session
     c = cosines(*runs)
     what = f"{len(feeds)} drawn picture{'s' if len(feeds) > 1 else ''}, one tile each"
     return VisionAccuracy(float(c.mean()), float(c.min()), len(c), what)
@@ -123,16 +124,19 @@ def every_logit(session: Any, t: TextConfig, embeds: np.ndarray, past: list[np.n
     return logits, present
 
 
-def measure_llm(text: TextConfig, samples: list[tuple[list[int], int]], quantised: Path, reference: Path,
-                reference_embed: np.ndarray) -> LlmAccuracy:  # fmt: skip
+def measure_llm(text: TextConfig, samples: list[tuple[list[int], int]], quantised: Path, reference: InMemory,
+                reference_embed: Callable[[list[int]], np.ndarray]) -> LlmAccuracy:  # fmt: skip
     """Logit KL, cosine and top-1 agreement of the quantised language model (its graph, and the embedding
-    table beside it) against fp32, at each answer position of `samples` (ids, where the answer starts)."""
+    table beside it) against fp32 (its graph, and the fp32 embedding rows of the ids given), at each answer
+    position of `samples` (ids, where the answer starts)."""
     table = EmbeddingTable(quantised.parent)
     logits: list[list[np.ndarray]] = [[], []]
     # The exchanges share the template's opening (InternVL3's system message): run it once, continue each.
     shared = min(min(common_prefix(samples[0][0], ids) for ids, _ in samples), min(s for _, s in samples) - 1)
-    for k, (graph, embed) in enumerate(((reference, lambda ids: reference_embed[ids]), (quantised, table))):
-        session = session_from_proto(every_position(graph), graph.parent)
+    loads = (lambda: WeightsFed(InMemory(every_position(reference.model), reference.arrays)),
+             lambda: session_from_proto(every_position(quantised), quantised.parent))  # fmt: skip
+    for k, (load, embed) in enumerate(zip(loads, (reference_embed, table), strict=True)):
+        session = load()
         past = every_logit(session, text, embed(samples[0][0][:shared]))[1] if shared else None
         logits[k] = [every_logit(session, text, embed(ids[shared:]), past)[0][start - 1 - shared : -1]
                      for ids, start in samples]  # fmt: skip
@@ -145,8 +149,8 @@ def measure_llm(text: TextConfig, samples: list[tuple[list[int], int]], quantise
 
 
 def reference_mb(ck: Any, part: str) -> int:
-    """Memory an fp32 reference of `part` takes while it loads: its weights twice (the file's and ONNX
-    Runtime's packed copy; Qwen2-VL-2B's 6.2 GB language model peaked at 12.2 GB)."""
+    """Memory an fp32 reference of `part` takes while it runs: its fp32 weights (fed to ONNX Runtime where
+    they are), the quantised graph's session and the activations beside them."""
     fp32 = sum(4 * int(np.prod(ck.shape(n))) for n in ck.names() if n.startswith("llm.") == (part == "llm"))
     return int(REFERENCE_COPIES * fp32 / 2**20)
 
@@ -163,24 +167,21 @@ def _room(ck: Any, part: str, log: Callable[[str], None]) -> bool:
 
 def measure(ck: Any, prompt: PromptEncoder, bundle: Path, precisions: dict[str, str],
             log: Callable[[str], None]) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Figures of each part of `bundle` (written, manifest not yet) not kept in fp32, from fp32 graphs
-    built beside it for the measure and removed after; a part whose reference would not fit in the
-    memory available is left unmeasured, with a line saying so."""
+    """Figures of each part of `bundle` (written, manifest not yet) not kept in fp32, against fp32 graphs
+    built in memory for the measure; a part whose reference would not fit in the memory available is left
+    unmeasured, with a line saying so."""
     cfg, family = ck.config, ck.family
-    reference = bundle / ".fp32-reference"
-    reference.mkdir()
     figures: dict[str, dict[str, Any]] = {}
-    try:
-        if precisions["vision"] != "fp32" and _room(ck, "vision", log):
-            family.build_vision_graph(ck.get, cfg, reference / "vision.onnx", VisionGraphSpec("fp32"))
-            figures["vision"] = asdict(measure_vision(family, cfg, bundle / "vision.onnx", reference / "vision.onnx"))
-        if precisions["llm"] != "fp32" and _room(ck, "llm", log):
-            build_decoder_graph(ck.get, cfg.text, reference / "llm.onnx", DecoderGraphSpec("fp32"))
-            llm = measure_llm(cfg.text, exchanges(prompt), bundle / "llm.onnx", reference / "llm.onnx",
-                              ck.get("llm.embed.weight"))  # fmt: skip
-            figures["llm"] = asdict(llm)
-    finally:
-        shutil.rmtree(reference, ignore_errors=True)
+    if precisions["vision"] != "fp32" and _room(ck, "vision", log):
+        reference = family.build_vision_graph(ck.get, cfg, InMemory(), VisionGraphSpec("fp32"))
+        figures["vision"] = asdict(measure_vision(family, cfg, bundle / "vision.onnx", reference))
+        del reference
+    if precisions["llm"] != "fp32" and _room(ck, "llm", log):
+        reference = build_decoder_graph(ck.get, cfg.text, InMemory(), DecoderGraphSpec("fp32"))
+        rows = functools.partial(ck.rows, "llm.embed.weight")
+        llm = measure_llm(cfg.text, exchanges(prompt), bundle / "llm.onnx", reference, rows)
+        figures["llm"] = asdict(llm)
+        del reference
     for warning in warnings(figures, precisions):
         log(warning)
     return figures

@@ -28,7 +28,7 @@ import onnx
 from onnx import TensorProto
 
 from ..config import TextConfig
-from .builder import Graph, transposed
+from .builder import Graph, GraphTarget, InMemory
 from .quant import matmul_nbits
 
 Weights = Callable[[str], np.ndarray]
@@ -65,7 +65,9 @@ class _Builder:
             ins = [x, g.weight(f"{name}.q{bits}", q), g.weight(name + ".scales", scales), "", "", b]
             return g.op("MatMulNBits", ins, scope, domain=MS, K=k, N=n, bits=bits, block_size=block,
                         accuracy_level=4)  # fmt: skip
-        y = g.op("MatMul", [x, g.weight(name + ".t", transposed(weight))], scope)
+        # fp32: the weight as stored, [N,K], multiplied transposed (no transposed copy to build; the same
+        # numbers and speed as MatMul of W^T, measured)
+        y = g.op("FusedMatMul", [x, g.weight(name + ".weight", weight)], scope, domain=MS, transB=1)
         return g.op("Add", [y, b], scope) if b else y
 
     def _block(self, k: int, bits: int) -> int:
@@ -109,8 +111,8 @@ class _Builder:
         return self.linear(g.op("Mul", [act, up], s), self.get(p + ".down.weight"), None, p + ".down", s + "/down")
 
 
-def build_decoder_graph(get: Weights, text: TextConfig, path: str | Path, spec: DecoderGraphSpec) -> Path:
-    """Write the decoder graph (and its `.data` file) to `path` from canonical weights."""
+def build_decoder_graph(get: Weights, text: TextConfig, path: GraphTarget, spec: DecoderGraphSpec) -> Path | InMemory:
+    """Write the decoder graph (and its `.data` file) to `path`, or keep it in memory, from canonical weights."""
     t = text
     g = Graph(path, opset=17, name="edgevlm_decoder")
     g.opsets[MS] = 1
@@ -148,10 +150,10 @@ def build_decoder_graph(get: Weights, text: TextConfig, path: str | Path, spec: 
     return g.save()
 
 
-def every_position(path: str | Path) -> onnx.ModelProto:
-    """The decoder graph at `path` (its weights left in their file) returning logits [S,V] for every
-    position instead of the last one: the accuracy measure's form of the same weights."""
-    model = onnx.load(str(path), load_external_data=False)
+def every_position(graph: Path | onnx.ModelProto) -> onnx.ModelProto:
+    """The decoder graph at a path (its weights left in their file) or in memory (edited in place), returning
+    logits [S,V] for every position instead of the last one: the accuracy measure's form of the same weights."""
+    model = graph if isinstance(graph, onnx.ModelProto) else onnx.load(str(graph), load_external_data=False)
     logits = next(o for o in model.graph.output if o.name == "logits")
     vocab = logits.type.tensor_type.shape.dim[-1].dim_value
     consts = {LAST_ROW: [0], LOGITS_SHAPE: [-1, vocab]}  # from the first row on; [S,V] out

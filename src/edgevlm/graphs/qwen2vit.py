@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from onnx import TensorProto
 
-from .builder import Graph
+from .builder import Graph, GraphTarget, InMemory
 from .vision import VisionBuilder, VisionGraphSpec, Weights
 
 if TYPE_CHECKING:
@@ -68,8 +68,8 @@ class _Qwen2ViT(VisionBuilder):
         return self.linear(x, "projector.fc2", s + "/fc2")
 
 
-def build_vision_graph(get: Weights, cfg: ModelConfig, path: str | Path, spec: VisionGraphSpec) -> Path:
-    """Write the vision graph (and its `.data` file) to `path` from canonical weights."""
+def build_vision_graph(get: Weights, cfg: ModelConfig, path: GraphTarget, spec: VisionGraphSpec) -> Path | InMemory:
+    """Write the vision graph (and its `.data` file) to `path`, or keep it in memory, from canonical weights."""
     g = Graph(path, opset=17, name="edgevlm_vision")
     if spec.contrib:
         g.opsets["com.microsoft"] = 1

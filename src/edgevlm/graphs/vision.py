@@ -65,6 +65,9 @@ class VisionBuilder:
         if self.spec.precision == "fp16":
             wt16 = g.weight(name + ".weight.fp16", transposed(w, np.float16))
             wt = g.op("Cast", [wt16], scope, to=TensorProto.FLOAT)
+        elif self.spec.contrib:  # fp32 on ONNX Runtime: W as stored, multiplied transposed (no copy to build)
+            out = g.op("FusedMatMul", [x, g.weight(name + ".weight", w)], scope, domain="com.microsoft", transB=1)
+            return g.op("Add", [out, b_name], scope) if b_name else out
         else:
             wt = g.weight(name + ".weight.t", transposed(w, np.float32))
         out = g.op("MatMul", [x, wt], scope)
