@@ -115,3 +115,23 @@ def test_returned_logits_are_not_overwritten_by_the_next_step(lm, ids):
     kept = first.copy()
     lm.decode(ids[10])
     np.testing.assert_array_equal(first, kept)
+
+
+def test_a_graph_built_in_memory_with_its_weights_fed_equals_the_written_one(tiny_ckpt, tmp_path, ids, lm):
+    """The accuracy measure's fp32 reference (graphs.builder.InMemory run by runtime.ort.WeightsFed) is the
+    same graph as the bundle's fp32 file: equal logits to float rounding (its weights are packed per call,
+    the file's once: the sums run in another order)."""
+    from edgevlm.graphs.builder import InMemory
+    from edgevlm.measure import every_logit
+    from edgevlm.runtime.ort import WeightsFed, create_session
+
+    ck = open_checkpoint(tiny_ckpt["original"])
+    memory = build_decoder_graph(ck.get, ck.config.text, InMemory(), DecoderGraphSpec("fp32"))
+    assert not list(tmp_path.iterdir()) and len(memory.arrays) > 4 * ck.config.text.num_layers
+    file = build_decoder_graph(ck.get, ck.config.text, tmp_path / "llm.onnx", DecoderGraphSpec("fp32"))
+    embeds = ck.get("llm.embed.weight")[ids]
+    fed, _ = every_logit(WeightsFed(memory), ck.config.text, embeds)
+    written, _ = every_logit(create_session(file, cache=False), ck.config.text, embeds)
+    np.testing.assert_allclose(fed, written, rtol=0, atol=1e-5)
+    assert np.abs(written).max() > 1e-2  # real logits, not zeros on both sides
+    np.testing.assert_allclose(fed[0], lm.prefill(lm.embed(ids), position=0), rtol=0, atol=1e-5)
