@@ -37,9 +37,9 @@ def _recomputed_llm(quantised, reference):
     prompt = load_prompt(quantised, m)
     logits = []
     for bundle in (reference, quantised):
-        lm = OrtLanguageModel(bundle / "llm.onnx", EmbeddingTable(bundle), m.model.text, max_context=256, cache=False)
-        rows = [lm.prefill(lm.embed(ids[:p]), position=0) for ids, start in measure.exchanges(prompt)
-                for p in range(start, len(ids))]  # fmt: skip
+        lm = OrtLanguageModel(bundle / "llm.onnx", EmbeddingTable(bundle), m.model.text, max_context=512, cache=False)
+        ids, spans = measure.conversation(prompt)
+        rows = [lm.prefill(lm.embed(ids[:p]), position=0) for start, end in spans for p in range(start, end)]
         logits.append(np.stack(rows))
     return measure.kl_divergences(*logits), measure.cosines(*logits), logits
 
@@ -86,6 +86,23 @@ def test_broken_quantisation_trips_the_warnings(tiny_ckpt, tmp_path, monkeypatch
     parts = open_bundle(tmp_path / "b").parts
     assert parts["llm"].accuracy["kl_mean"] > accuracy.LLM_KL_MAX
     assert parts["vision"].accuracy["cosine_mean"] < accuracy.VISION_COSINE_MIN
+
+
+@pytest.mark.parametrize("bundle", ["tiny_bundle", "smol_bundle", "qwen_bundle"])
+def test_the_scored_spans_are_the_answers_of_one_conversation(bundle, request):
+    """Each family's template: the conversation's ids hold the exchanges in order, and each span is its
+    answer and the template's end of turn (what the measure scores), nothing of the questions."""
+    folder = request.getfixturevalue(bundle)
+    m = open_bundle(folder)
+    prompt = load_prompt(folder, m)
+    ids, spans = measure.conversation(prompt)
+    assert len(spans) == len(measure.EXCHANGES) and spans[-1][1] == len(ids)
+    ends = [0] + [end for _, end in spans]
+    for k, ((start, end), (question, answer)) in enumerate(zip(spans, measure.EXCHANGES, strict=True)):
+        assert ends[k] < start < end  # in order, a question between
+        assert question in prompt.tokenizer.decode(ids[ends[k] : start])
+        scored = prompt.tokenizer.decode(ids[start:end], skip_special_tokens=False)
+        assert scored.removeprefix(" ").startswith(answer) and len(ids[start:end]) > len(prompt.encode_text(answer)) - 2
 
 
 def test_kl_and_cosine_are_the_textbook_ones():

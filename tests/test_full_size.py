@@ -118,13 +118,13 @@ def test_full_size_conversion_records_what_quantising_cost(full, tmp_path):
     c = measure.cosines(ref.reshape(-1, width), got.reshape(-1, width))
     assert vision["tokens"] == len(c) and vision["cosine_mean"] == pytest.approx(c.mean(), abs=2e-5)
     lm = OrtLanguageModel(out / "llm.onnx", EmbeddingTable(out), m.model.text, max_context=1024, cache=False)
-    refs, ours = [], []
-    for ids, start in measure.exchanges(load_prompt(out, m)):
-        with torch.no_grad():
-            refs.append(model(input_ids=torch.tensor([ids])).logits[0, start - 1 : -1].numpy())
-        first = lm.prefill(lm.embed(ids[:start]), position=0)
-        ours.append(np.stack([first] + [lm.decode(t) for t in ids[start:-1]]))
-    kl = measure.kl_divergences(np.concatenate(refs), np.concatenate(ours))
+    ids, spans = measure.conversation(load_prompt(out, m))
+    scored = np.concatenate([np.arange(start - 1, end - 1) for start, end in spans])
+    with torch.no_grad():
+        refs = model(input_ids=torch.tensor([ids])).logits[0].numpy()[scored]
+    first = spans[0][0]  # the runtime's path: a prefill to the first answer, then a decode step per token
+    ours = np.stack([lm.prefill(lm.embed(ids[:first]), position=0)] + [lm.decode(t) for t in ids[first:-1]])
+    kl = measure.kl_divergences(refs, ours[scored - (first - 1)])
     print(f"recorded {llm}, recomputed KL mean {kl.mean():.5f} over {len(kl)}")
     assert llm["tokens"] == len(kl) and llm["kl_mean"] == pytest.approx(kl.mean(), rel=0.05)
     # The worst position moves a little more: one-token decode steps take other int8 kernels than a prefill.

@@ -125,4 +125,9 @@ def tokenizer() -> Tokenizer:
 
 def chat_prompt(question: str) -> str:
     """The checkpoint's chat template for one user question, ready for the answer."""
-    return f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
+    return f"<|im_start|>system\n{SYSTEM}<|im_end|>\n" + next_turn(question)[1:]
+
+
+def next_turn(question: str) -> str:
+    """What follows an answer (ended by <|im_end|>) in the template: the next question, ready for its answer."""
+    return f"\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
