@@ -61,6 +61,16 @@ def test_rows_of_a_table_equal_the_whole_tensor_s(tiny_ref, tiny_cfg, tmp_path, 
     np.testing.assert_array_equal(rows, ck.get("llm.embed.weight")[ids])
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_blocks_of_rows_make_up_the_whole_tensor(tiny_ref, tiny_cfg, tmp_path, dtype):
+    save_checkpoint(tiny_ref, tiny_cfg, tmp_path / "c", naming="hf", dtype=dtype)
+    ck = open_checkpoint(tmp_path / "c")
+    for name in ("llm.embed.weight", "llm.lm_head.weight"):  # the head: tied or its own, as the config says
+        blocks = list(ck.row_blocks(name, rows=7))
+        assert all(len(b) == 7 for b in blocks[:-1]) and 0 < len(blocks[-1]) <= 7
+        np.testing.assert_array_equal(np.concatenate(blocks), ck.get(name))
+
+
 def test_tensors_are_memory_mapped(tiny_ref, tiny_cfg, tmp_path):
     save_checkpoint(tiny_ref, tiny_cfg, tmp_path / "c", naming="original", dtype="fp32")
     ck = open_checkpoint(tmp_path / "c")

@@ -122,7 +122,7 @@ def test_a_graph_built_in_memory_with_its_weights_fed_equals_the_written_one(tin
     same graph as the bundle's fp32 file: equal logits to float rounding (its weights are packed per call,
     the file's once: the sums run in another order)."""
     from edgevlm.graphs.builder import InMemory
-    from edgevlm.measure import every_logit
+    from edgevlm.measure import every_output
     from edgevlm.runtime.ort import WeightsFed, create_session
 
     ck = open_checkpoint(tiny_ckpt["original"])
@@ -130,8 +130,27 @@ def test_a_graph_built_in_memory_with_its_weights_fed_equals_the_written_one(tin
     assert not list(tmp_path.iterdir()) and len(memory.arrays) > 4 * ck.config.text.num_layers
     file = build_decoder_graph(ck.get, ck.config.text, tmp_path / "llm.onnx", DecoderGraphSpec("fp32"))
     embeds = ck.get("llm.embed.weight")[ids]
-    fed = every_logit(WeightsFed(memory), ck.config.text, embeds)
-    written = every_logit(create_session(file, cache=False), ck.config.text, embeds)
+    fed = every_output(WeightsFed(memory), ck.config.text, embeds)
+    written = every_output(create_session(file, cache=False), ck.config.text, embeds)
     np.testing.assert_allclose(fed, written, rtol=0, atol=1e-5)
     assert np.abs(written).max() > 1e-2  # real logits, not zeros on both sides
     np.testing.assert_allclose(fed[0], lm.prefill(lm.embed(ids), position=0), rtol=0, atol=1e-5)
+
+
+def test_the_reference_without_its_head_gives_the_whole_graph_s_logits_at_every_position(tiny_ckpt, ids):
+    """The accuracy measure's reference: the graph ending at the final norm, its head applied from the stored
+    table a block of rows at a time, equals the full fp32 graph's every-position logits."""
+    from edgevlm.graphs.builder import InMemory
+    from edgevlm.graphs.decoder import every_position
+    from edgevlm.measure import every_output, head_of
+    from edgevlm.runtime.ort import WeightsFed
+
+    ck, t = open_checkpoint(tiny_ckpt["original"]), open_checkpoint(tiny_ckpt["original"]).config.text
+    full, headless = (build_decoder_graph(ck.get, t, InMemory(), DecoderGraphSpec("fp32", head=h)) for h in (1, 0))
+    assert "llm.lm_head.weight" in full.arrays and "llm.lm_head.weight" not in headless.arrays
+    embeds = ck.get("llm.embed.weight")[ids]
+    logits = every_output(WeightsFed(InMemory(every_position(full.model), full.arrays)), t, embeds)
+    hidden = every_output(WeightsFed(InMemory(every_position(headless.model), headless.arrays)), t, embeds, "hidden")
+    assert logits.shape == (len(ids), t.vocab_size) and hidden.shape == (len(ids), t.hidden_size)
+    np.testing.assert_allclose(head_of(ck)(hidden), logits, rtol=0, atol=1e-4)
+    assert np.abs(logits).max() > 1e-2

@@ -145,9 +145,11 @@ def test_the_conversion_time_measure_on_real_weights(real, tmp_path, precision):
         start = len(tok.encode(text).ids)
         text += a + "<|im_end|>"
         spans.append((start, len(tok.encode(text).ids)))
-    reference = build_decoder_graph(w.__getitem__, cfg, InMemory(), DecoderGraphSpec("fp32"))  # as convert does
+    graph = build_decoder_graph(w.__getitem__, cfg, InMemory(), DecoderGraphSpec("fp32", head=False))  # as convert
+    reference = measure.LlmReference(graph, lambda ids: w["llm.embed.weight"][ids],
+                                     lambda h: h @ w["llm.lm_head.weight"].T)  # fmt: skip
     got = measure.measure_llm(cfg, tok.encode(text).ids, spans, build(real, tmp_path / precision, precision),
-                              reference, lambda ids: w["llm.embed.weight"][ids])  # fmt: skip
+                              reference)  # fmt: skip
     print(f"{precision}: {got.describe()}")
     page = CONVERSION_MEASURE[precision]
     assert got.tokens == 135 and got.kl_mean == pytest.approx(page["kl"], rel=0.25)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +128,9 @@ def conversation(prompt: PromptEncoder) -> tuple[list[int], list[tuple[int, int]
     return ids, spans
 
 
-def every_logit(session: Any, t: TextConfig, embeds: np.ndarray) -> np.ndarray:
-    """Logits [S,V] of one prefill from an empty cache (the graph of `every_position`)."""
+def every_output(session: Any, t: TextConfig, embeds: np.ndarray, name: str = "logits") -> np.ndarray:
+    """Output `name` ([S,V] logits, or [S,D] hidden states of a graph without its head) at every position of
+    one prefill from an empty cache (the graph of `every_position`)."""
     n = len(embeds)
     angles = rope_angles(t, np.arange(n))
     feeds = {"inputs_embeds": embeds[None].astype(np.float32), "position_ids": np.arange(n, dtype=np.int64)[None],
@@ -137,28 +138,45 @@ def every_logit(session: Any, t: TextConfig, embeds: np.ndarray) -> np.ndarray:
              "rope_cos": np.cos(angles).astype(np.float32), "rope_sin": np.sin(angles).astype(np.float32)}  # fmt: skip
     empty = np.zeros((1, t.num_kv_heads, n, t.head_dim), dtype=np.float32)  # the op's cache, none of it used
     feeds |= {f"past.{i}.{kv}": empty for i in range(t.num_layers) for kv in ("key", "value")}
-    return session.run(["logits"], feeds)[0]
+    return session.run([name], feeds)[0]
+
+
+@dataclass(frozen=True)
+class LlmReference:
+    """The fp32 language model the quantised one is measured against: its graph without the head (built in
+    memory, weights fed), the fp32 embedding rows of given ids, and the head's logits of hidden states [N,D]
+    (taken from the stored table as needed: no fp32 copy of a 151k-row table is made)."""
+
+    graph: InMemory
+    embed: Callable[[list[int]], np.ndarray]
+    head: Callable[[np.ndarray], np.ndarray]
 
 
 def measure_llm(text: TextConfig, ids: list[int], spans: list[tuple[int, int]], quantised: Path,
-                reference: InMemory, reference_embed: Callable[[list[int]], np.ndarray]) -> LlmAccuracy:  # fmt: skip
+                reference: LlmReference) -> LlmAccuracy:  # fmt: skip
     """Logit KL, cosine and top-1 agreement of the quantised language model (its graph, and the embedding
-    table beside it) against fp32 (its graph, and the fp32 embedding rows of the ids given), at each position
-    of `ids` that predicts a token of one of `spans` (start, end)."""
+    table beside it) against the fp32 reference, at each position of `ids` that predicts a token of one of
+    `spans` (start, end)."""
     scored = np.concatenate([np.arange(start - 1, end - 1) for start, end in spans])
-    loads = (lambda: WeightsFed(InMemory(every_position(reference.model), reference.arrays)),
-             lambda: session_from_proto(every_position(quantised), quantised.parent))  # fmt: skip
-    logits = []
-    for load, embed in zip(loads, (reference_embed, EmbeddingTable(quantised.parent)), strict=True):
-        session = load()
-        logits.append(every_logit(session, text, embed(ids))[scored])
-        del session
-    ref, quant = logits
+    fp32 = WeightsFed(InMemory(every_position(reference.graph.model), reference.graph.arrays))
+    ref = reference.head(every_output(fp32, text, reference.embed(ids), "hidden")[scored])
+    del fp32
+    session = session_from_proto(every_position(quantised), quantised.parent)
+    quant = every_output(session, text, EmbeddingTable(quantised.parent)(ids), "logits")[scored]
+    del session
     kl, c = kl_divergences(ref, quant), cosines(ref, quant)
     top1 = float((ref.argmax(-1) == quant.argmax(-1)).mean())
     return LlmAccuracy(float(kl.mean()), float(kl.max()), float(c.mean()), float(c.min()), top1, len(kl),
                        f"{len(spans)} exchanges (English, Chinese) as one conversation in the template, "
                        "answer positions")  # fmt: skip
+
+
+def head_of(ck: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """The checkpoint's fp32 head as a function of hidden states [N,D]: logits [N,V], a block of rows at a time."""
+    def head(hidden: np.ndarray) -> np.ndarray:
+        return np.concatenate([hidden @ block.T for block in ck.row_blocks("llm.lm_head.weight")], axis=1)
+
+    return head
 
 
 def reference_mb(ck: Any, part: str) -> int:
@@ -190,11 +208,10 @@ def measure(ck: Any, prompt: PromptEncoder, bundle: Path, precisions: dict[str, 
         figures["vision"] = asdict(measure_vision(family, cfg, bundle / "vision.onnx", reference))
         del reference
     if precisions["llm"] != "fp32" and _room(ck, "llm", log):
-        reference = build_decoder_graph(ck.get, cfg.text, InMemory(), DecoderGraphSpec("fp32"))
-        rows = functools.partial(ck.rows, "llm.embed.weight")
-        llm = measure_llm(cfg.text, *conversation(prompt), bundle / "llm.onnx", reference, rows)
-        figures["llm"] = asdict(llm)
-        del reference
+        graph = build_decoder_graph(ck.get, cfg.text, InMemory(), DecoderGraphSpec("fp32", head=False))
+        reference = LlmReference(graph, functools.partial(ck.rows, "llm.embed.weight"), head_of(ck))
+        figures["llm"] = asdict(measure_llm(cfg.text, *conversation(prompt), bundle / "llm.onnx", reference))
+        del reference, graph
     for warning in warnings(figures, precisions):
         log(warning)
     return figures

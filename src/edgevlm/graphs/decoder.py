@@ -9,7 +9,7 @@
                                                     j; past and present share one buffer)
            x = x + a @ Wo;  h = RMSNorm(x)
            x = x + down(silu(gate(h)) * up(h))     (gate and up packed into one projection)
-      └─ last position only ─ RMSNorm ─ lm_head ─ logits [1,V]
+      └─ last position only ─ RMSNorm ─ lm_head ─ logits [1,V]   (head=False: RMSNorm ─ hidden [1,D])
 
 Weights: `MatMulNBits` 8-bit with int8 activations (accuracy level 4: w8a8, the default), 4-bit
 (w4a8), or plain fp32 MatMul (parity). The token embedding table is not in the graph. The rotary
@@ -44,6 +44,8 @@ class DecoderGraphSpec:
 
     precision: str = "w8a8"
     block_size: int = 128  # MatMulNBits block: 128 measured 30% faster than 32 for decode here
+    head: bool = True  # False: the graph ends at the final norm and returns `hidden` (the accuracy measure's
+    # fp32 reference, which applies the head itself from the stored table, a block of rows at a time)
 
     def __post_init__(self) -> None:
         if self.precision not in LLM_PRECISIONS:
@@ -144,6 +146,10 @@ def build_decoder_graph(get: Weights, text: TextConfig, path: GraphTarget, spec:
     mlp_last = g.op("Slice", [mlp, last, g.const("/c/end", [2**31]), g.const("/c/axis1", [1])], "/llm/last")
     x_last = g.op("Slice", [x, last, "/c/end", "/c/axis1"], "/llm/last")
     h, _ = b.skip_norm(mlp_last, x_last, "llm.norm.weight", "/llm/norm")
+    if not spec.head:
+        g.output(g.op("Reshape", [h, g.const(LOGITS_SHAPE, [1, t.hidden_size])], "/llm/out"), "hidden",
+                 TensorProto.FLOAT, [1, t.hidden_size])  # fmt: skip
+        return g.save()
     logits = b.linear(h, get("llm.lm_head.weight"), None, "llm.lm_head", "/llm/lm_head")
     logits = g.op("Reshape", [logits, g.const(LOGITS_SHAPE, [1, t.vocab_size])], "/llm/lm_head")
     g.output(logits, "logits", TensorProto.FLOAT, [1, t.vocab_size])
@@ -152,15 +158,16 @@ def build_decoder_graph(get: Weights, text: TextConfig, path: GraphTarget, spec:
 
 def every_position(graph: Path | onnx.ModelProto) -> onnx.ModelProto:
     """The decoder graph at a path (its weights left in their file) or in memory (edited in place), returning
-    logits [S,V] for every position instead of the last one: the accuracy measure's form of the same weights."""
+    logits [S,V] (or, without its head, hidden states [S,D]) for every position instead of the last one: the
+    accuracy measure's form of the same weights."""
     model = graph if isinstance(graph, onnx.ModelProto) else onnx.load(str(graph), load_external_data=False)
-    logits = next(o for o in model.graph.output if o.name == "logits")
-    vocab = logits.type.tensor_type.shape.dim[-1].dim_value
-    consts = {LAST_ROW: [0], LOGITS_SHAPE: [-1, vocab]}  # from the first row on; [S,V] out
+    out = next(o for o in model.graph.output if o.name in ("logits", "hidden"))
+    width = out.type.tensor_type.shape.dim[-1].dim_value
+    consts = {LAST_ROW: [0], LOGITS_SHAPE: [-1, width]}  # from the first row on; [S,width] out
     for init in model.graph.initializer:
         if init.name in consts:
             init.CopyFrom(onnx.numpy_helper.from_array(np.asarray(consts[init.name], dtype=np.int64), init.name))
-    logits.CopyFrom(_value_info("logits", ["sequence", vocab]))
+    out.CopyFrom(_value_info(out.name, ["sequence", width]))
     return model
 
 
