@@ -60,7 +60,7 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
                         "largest resize that fits)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--no-accuracy", dest="accuracy", action="store_false",
-                   help="skip measuring the quantised parts against fp32 (a few seconds at the 1B shape)")
+                   help="skip measuring the quantised parts against fp32 (about half the conversion at the 1B shape)")
 
 
 def _convert(args: argparse.Namespace) -> int:
