@@ -5,6 +5,8 @@ import sys
 import pytest
 
 from edgevlm.cli import main
+from edgevlm.convert_options import ConvertOptions
+from edgevlm.models import FAMILIES
 from helpers import assert_one_line_error, run_edgevlm
 
 
@@ -54,5 +56,20 @@ def test_a_non_utf8_line_in_the_chat_is_an_error_and_the_chat_goes_on(small_bund
 def test_answering_does_not_import_onnx():
     """The onnx package (graph building only) costs ~10 MB resident: loading and answering never import it."""
     code = ("import sys, edgevlm.cli, edgevlm.model, edgevlm.session, edgevlm.server.app, edgevlm.structured; "
+            "edgevlm.cli.build_parser().parse_args(['chat', '-m', 'b', '-p', 'hi']); "
             "print(sorted(m for m in sys.modules if m == 'onnx' or m.startswith('onnx.')))")  # fmt: skip
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_the_command_line_parser_is_light_and_names_every_family():
+    """`edgevlm --help` imports neither onnx nor onnxruntime (0.1 s instead of 0.55), names every registered
+    family, and shows the converter's own defaults."""
+    code = ("import sys, edgevlm.cli; p = edgevlm.cli.build_parser(); a = p.parse_args(['convert', 'c', 'o']); "
+            "print(a.llm, a.vision, a.max_context); print(p.description); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime')))")  # fmt: skip
+    defaults, description, heavy = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                                  check=True).stdout.splitlines()  # fmt: skip
+    assert heavy == "[]"
+    d = ConvertOptions()
+    assert defaults == f"{d.llm} {d.vision} {d.max_context}"
+    assert all(title in description for title in FAMILIES.values()) and len(FAMILIES) == 3

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import BACKENDS, __version__
 from .feature_cache import DEFAULT_IMAGE_CACHE_MB
+from .models import FAMILIES
 from .runtime.sampling import SamplingParams
 from .structured import ResponseFormat, SchemaError, check
 from .video import MAX_SAMPLED_FRAMES, FrameSampling
@@ -43,28 +44,33 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
-    from .graphs.decoder import LLM_PRECISIONS
-    from .graphs.vision import PRECISIONS
+    from .convert_options import ConvertOptions
+    from .precision import LLM_PRECISIONS, VISION_PRECISIONS
 
-    p = sub.add_parser("convert", help="make an edge bundle from an InternVL3 or SmolVLM2 checkpoint (folder or hub "
-                                       "id)")  # fmt: skip
-    p.add_argument("src", help="checkpoint folder or a hub id such as OpenGVLab/InternVL3-1B or "
-                               "HuggingFaceTB/SmolVLM2-256M-Video-Instruct")  # fmt: skip
+    p = sub.add_parser("convert", help=f"make an edge bundle from a checkpoint of {_families()} (folder or hub id)")
+    p.add_argument("src", help="checkpoint folder or a hub id such as OpenGVLab/InternVL3-1B, "
+                               "HuggingFaceTB/SmolVLM2-256M-Video-Instruct or Qwen/Qwen2-VL-2B-Instruct")  # fmt: skip
     p.add_argument("out", type=Path, help="bundle folder to write")
-    p.add_argument("--llm", default="w8a8", choices=list(LLM_PRECISIONS), help="language model weights")
-    p.add_argument("--vision", default="int8", choices=list(PRECISIONS), help="vision encoder weights")
-    p.add_argument("--max-context", type=int, default=4096, help="context window in tokens (default 4096)")
+    d = ConvertOptions()
+    p.add_argument("--llm", default=d.llm, choices=list(LLM_PRECISIONS),
+                   help="language model weights (default %(default)s)")
+    p.add_argument("--vision", default=d.vision, choices=list(VISION_PRECISIONS),
+                   help="vision encoder weights (default %(default)s)")
+    p.add_argument("--max-context", type=int, default=d.max_context,
+                   help="context window in tokens (default %(default)s)")
     p.add_argument("--max-tiles", type=_number(int, "--max-tiles", 1), default=None,
                    help="most tiles per image, the whole-image tile included (default and upper limit: the model's; "
                         "InternVL3: its dynamic tiles; SmolVLM2: 1 turns image splitting off, more picks the "
-                        "largest resize that fits)")  # fmt: skip
+                        "largest resize that fits; Qwen2-VL has no tiles: chat's --max-pixels bounds its "
+                        "tokens)")  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("--no-accuracy", dest="accuracy", action="store_false",
                    help="skip measuring the quantised parts against fp32 (about half the conversion at the 1B shape)")
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .convert import ConvertOptions, convert
+    from .convert import convert
+    from .convert_options import ConvertOptions
 
     opts = ConvertOptions(llm=args.llm, vision=args.vision, max_context=args.max_context,
                           max_tiles=args.max_tiles, force=args.force, accuracy=args.accuracy)  # fmt: skip
@@ -291,9 +297,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (usage: {self.prog} --help)\n")
 
 
+def _families() -> str:
+    names = list(FAMILIES.values())
+    return f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="edgevlm", description="Run small vision-language models (InternVL3, SmolVLM2) on a CPU "
-                                                 "or the RK3588 NPU.")  # fmt: skip
+    parser = _Parser(prog="edgevlm", description=f"Run small vision-language models ({_families()}) on a CPU or the "
+                                                 "RK3588 NPU.")  # fmt: skip
     parser.add_argument("--version", action="version", version=f"edgevlm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add, _ in COMMANDS.values():

@@ -10,7 +10,6 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,9 +17,9 @@ from .atomic import atomic_dir
 from .bundle import Manifest, Part, is_bundle, write_manifest
 from .checkpoint import Checkpoint, open_checkpoint
 from .config import ConfigError
+from .convert_options import ConvertError, ConvertOptions
 from .embedding import write_embedding
-from .graphs.decoder import LLM_PRECISIONS, DecoderGraphSpec, build_decoder_graph
-from .graphs.vision import PRECISIONS as VISION_PRECISIONS
+from .graphs.decoder import DecoderGraphSpec, build_decoder_graph
 from .graphs.vision import VisionGraphSpec
 from .measure import measure
 from .prompt import PromptEncoder
@@ -30,30 +29,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class ConvertError(ValueError):
-    """The conversion cannot proceed: bad options, or a source that cannot be had."""
-
-
-@dataclass(frozen=True)
-class ConvertOptions:
-    llm: str = "w8a8"
-    vision: str = "int8"
-    max_context: int = 4096
-    max_tiles: int | None = None  # None: the model's own limit
-    force: bool = False
-    accuracy: bool = True  # measure each quantised part against fp32 (accuracy.py) and record it
-
-    def __post_init__(self) -> None:
-        if self.llm not in LLM_PRECISIONS:
-            raise ConvertError(f"--llm must be one of {', '.join(LLM_PRECISIONS)}, got {self.llm!r}")
-        if self.vision not in VISION_PRECISIONS:
-            raise ConvertError(f"--vision must be one of {', '.join(VISION_PRECISIONS)}, got {self.vision!r}")
-        if not 256 <= self.max_context <= 131072:
-            raise ConvertError(f"--max-context must be between 256 and 131072, got {self.max_context}")
-        if self.max_tiles is not None and self.max_tiles < 1:
-            raise ConvertError(f"--max-tiles must be at least 1, got {self.max_tiles}")
+DEFAULTS = ConvertOptions()
 
 
 def resolve_source(src: str | Path) -> Path:
@@ -81,7 +57,7 @@ def _step(log: Callable[[str], None], n: int, total: int, what: str) -> Callable
     return lambda: log(f"[{n}/{total}] {what}: {time.perf_counter() - start:.1f} s")
 
 
-def convert(src: str | Path, out: str | Path, options: ConvertOptions = ConvertOptions(),
+def convert(src: str | Path, out: str | Path, options: ConvertOptions = DEFAULTS,
             log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> Manifest:  # fmt: skip
     """Convert a checkpoint into a bundle at `out`; returns the manifest written."""
     out = Path(out)

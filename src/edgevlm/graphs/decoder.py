@@ -28,12 +28,12 @@ import onnx
 from onnx import TensorProto
 
 from ..config import TextConfig
+from ..precision import DEFAULT_LLM, LLM_PRECISIONS
 from .builder import Graph, GraphTarget, InMemory
 from .quant import matmul_nbits
 
 Weights = Callable[[str], np.ndarray]
 MS = "com.microsoft"
-LLM_PRECISIONS = {"w8a8": 8, "w4a8": 4, "fp32": 0}
 # The constants that make the graph return the last position's logits only (every_position edits them).
 LAST_ROW, LOGITS_SHAPE = "/c/last", "/c/logits"
 
@@ -42,7 +42,7 @@ LAST_ROW, LOGITS_SHAPE = "/c/last", "/c/logits"
 class DecoderGraphSpec:
     """How to build the decoder graph."""
 
-    precision: str = "w8a8"
+    precision: str = DEFAULT_LLM
     block_size: int = 128  # MatMulNBits block: 128 measured 30% faster than 32 for decode here
     head: bool = True  # False: the graph ends at the final norm and returns `hidden` (the accuracy measure's
     # fp32 reference, which applies the head itself from the stored table, a block of rows at a time)

@@ -18,18 +18,19 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto
 
+from ..precision import DEFAULT_VISION
+from ..precision import VISION_PRECISIONS as PRECISIONS
 from .builder import Graph, transposed
 from .quant import int8_per_channel
 
 Weights = Callable[[str], np.ndarray]
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
 class VisionGraphSpec:
     """How to build the vision graph."""
 
-    precision: str = "int8"
+    precision: str = DEFAULT_VISION
     batch: int | None = None  # None: the tile count is dynamic; 1: static single tile (NPU)
     contrib: bool = True  # allow ONNX Runtime contrib ops (fused attention; required for int8)
 

@@ -10,7 +10,7 @@ A family module (like mlx-lm's `models/<arch>.py`, no base class) provides:
     expected_shapes(cfg), source_names(cfg), stored_name(name, cfg), tolerated_names(cfg), describe(cfg)
     ADDED_TOKENS (a vocab.json tokenizer's default added tokens), prompt_format(cfg) (image and video text)
     build_vision_graph(get, cfg, path, VisionGraphSpec)
-Adding a family is one module and one line in FAMILIES.
+Adding a family is one module and one entry in FAMILIES.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 from ..config import ConfigError, TextConfig, read_config_json
 
-FAMILIES = ("internvl3", "smolvlm2", "qwen2_vl")
+FAMILIES = {"internvl3": "InternVL3", "smolvlm2": "SmolVLM2", "qwen2_vl": "Qwen2-VL"}  # module: the name users know
 
 
 def family(name: str) -> ModuleType:
