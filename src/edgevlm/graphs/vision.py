@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto
 
-from ..precision import DEFAULT_VISION
-from ..precision import VISION_PRECISIONS as PRECISIONS
+from ..precision import DEFAULT_VISION, VISION_PRECISIONS
 from .builder import Graph, transposed
 from .quant import int8_per_channel
 
@@ -35,8 +34,8 @@ class VisionGraphSpec:
     contrib: bool = True  # allow ONNX Runtime contrib ops (fused attention; required for int8)
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"vision precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.precision not in VISION_PRECISIONS:
+            raise ValueError(f"vision precision must be one of {VISION_PRECISIONS}, got {self.precision!r}")
         if self.precision == "int8" and not self.contrib:
             raise ValueError("the int8 vision graph needs ONNX Runtime contrib ops")
 
