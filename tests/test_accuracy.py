@@ -140,8 +140,8 @@ def test_a_reference_that_would_not_fit_in_memory_is_skipped_with_a_reason(tiny_
     from edgevlm.checkpoint import open_checkpoint
 
     ck = open_checkpoint(tiny_ckpt["hf"])
-    llm_mb = measure.reference_mb(ck, "llm")  # the fp32 weights and, beside them, the quantised session
-    assert llm_mb == int(1.5 * 4 * sum(np.prod(ck.shape(n)) for n in ck.names() if n.startswith("llm.")) / 2**20)
+    llm_mb = measure.reference_mb(ck, "llm")  # its bf16 weights as stored and, beside them, their widening
+    assert llm_mb == int(2.0 * 2 * sum(np.prod(ck.shape(n)) for n in ck.names() if n.startswith("llm.")) / 2**20)
     monkeypatch.setattr(measure, "memory_mb", lambda: (16000, llm_mb - 1))  # room for the vision one only
     said = []
     convert(tiny_ckpt["hf"], tmp_path / "b", ConvertOptions(max_context=512), log=said.append)
@@ -150,3 +150,49 @@ def test_a_reference_that_would_not_fit_in_memory_is_skipped_with_a_reason(tiny_
     (line,) = [s for s in said if "not measured" in s]
     assert line.startswith("accuracy of the llm part not measured: its fp32 reference needs about")
     assert accuracy.report(parts)[1] == f"llm (w8a8): {accuracy.NOT_MEASURED}"
+
+
+def _probes_of(ck):
+    from edgevlm.prompt import PromptEncoder
+    from edgevlm.tokenizer import control_ids, load_tokenizer
+
+    tokenizer, fmt = load_tokenizer(ck.path, ck.family.ADDED_TOKENS), ck.family.prompt_format(ck.config)
+    return measure.probes(ck, PromptEncoder(tokenizer, fmt, control_ids(tokenizer, fmt.all_controls)))
+
+
+@pytest.mark.parametrize("family", ["tiny", "smol", "qwen"])
+def test_references_fed_the_stored_bf16_bytes_equal_the_fp32_graphs(family, request):
+    """The measure's fp32 references take the checkpoint's bf16 weights as stored and widen them in the graph
+    as it runs: the same numbers as the same graphs over float32 copies (bf16 widens exactly)."""
+    from edgevlm.checkpoint import open_checkpoint
+
+    folder = {"tiny": lambda: request.getfixturevalue("tiny_ckpt")["hf"],
+              "smol": lambda: request.getfixturevalue("smol_ckpt"),
+              "qwen": lambda: request.getfixturevalue("qwen_ckpts")["hf"]}[family]()  # fmt: skip
+    ck = open_checkpoint(folder)
+    assert {ck.stored_dtype(n) for n in ck.names()} == {"BF16"}
+    assert ck.stored("llm.layers.0.mlp.down.weight").dtype.name == "bfloat16"
+    probes = _probes_of(ck)
+    fed = measure.references(ck, probes, ["vision", "llm"])
+    ck.stored = ck.get  # the same graphs, built over float32 copies of every weight
+    widened = measure.references(ck, probes, ["vision", "llm"])
+    for part in ("vision", "llm"):
+        assert fed[part].shape == widened[part].shape and fed[part].dtype == np.float32
+        np.testing.assert_allclose(fed[part], widened[part], rtol=0, atol=1e-6 * np.abs(widened[part]).max())
+
+
+def test_a_failing_conversion_halts_its_references(tiny_ckpt):
+    """The runs a Halt was given to stop once the block it guards fails (convert's Ctrl-C does not wait
+    for its fp32 references); a block that ends well leaves them running."""
+    from edgevlm.checkpoint import open_checkpoint
+    from edgevlm.runtime.ort import Halt
+
+    ck = open_checkpoint(tiny_ckpt["hf"])
+    probes = _probes_of(ck)
+    with Halt() as kept:
+        pass
+    assert measure.references(ck, probes, ["vision"], halt=kept)["vision"].shape[1] == ck.config.text.hidden_size
+    with pytest.raises(KeyboardInterrupt), Halt() as halt:
+        raise KeyboardInterrupt
+    with pytest.raises(Exception, match="terminate"):
+        measure.references(ck, probes, ["vision"], halt=halt)

@@ -10,9 +10,12 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import measure
+from .accuracy import warnings
 from .atomic import atomic_dir
 from .bundle import Manifest, Part, is_bundle, write_manifest
 from .checkpoint import Checkpoint, open_checkpoint
@@ -21,8 +24,8 @@ from .convert_options import ConvertError, ConvertOptions
 from .embedding import write_embedding
 from .graphs.decoder import DecoderGraphSpec, build_decoder_graph
 from .graphs.vision import VisionGraphSpec
-from .measure import measure
 from .prompt import PromptEncoder
+from .runtime.ort import Halt
 from .tokenizer import control_ids, load_tokenizer, save_tokenizer
 
 if TYPE_CHECKING:
@@ -93,7 +96,13 @@ def _write_bundle(ck: Checkpoint, tokenizer: Tokenizer, tokens: dict[str, int], 
                   options: ConvertOptions, log: Callable[[str], None]) -> Manifest:  # fmt: skip
     cfg = ck.config
     steps = 5 if options.accuracy else 4
-    with atomic_dir(out, replace=options.force) as tmp:
+    precisions = {"vision": options.vision, "llm": options.llm}
+    measured = measure.parts_to_measure(ck, precisions, log) if options.accuracy else []
+    probes = measure.probes(ck, PromptEncoder(tokenizer, ck.family.prompt_format(cfg), tokens)) if measured else None
+    with atomic_dir(out, replace=options.force) as tmp, ThreadPoolExecutor(1) as spare, Halt() as halt:
+        # The steps below keep one core busy: the fp32 references, which need only the checkpoint, run on
+        # the other meanwhile.
+        references = spare.submit(measure.references, ck, probes, measured, 1, halt) if measured else None
         done = _step(log, 1, steps, f"vision encoder ({options.vision})")
         ck.family.build_vision_graph(ck.get, cfg, tmp / "vision.onnx", VisionGraphSpec(options.vision))
         done()
@@ -109,8 +118,11 @@ def _write_bundle(ck: Checkpoint, tokenizer: Tokenizer, tokens: dict[str, int], 
         figures: dict[str, dict] = {}
         if options.accuracy:
             done = _step(log, 4, steps, "accuracy of the quantised parts against fp32")
-            prompt = PromptEncoder(tokenizer, ck.family.prompt_format(cfg), tokens)
-            figures = measure(ck, prompt, tmp, {"vision": options.vision, "llm": options.llm}, log)
+            if references:  # the quantised parts run as the references finish, if they have not yet
+                quantised = measure.quantised_outputs(ck, probes, tmp, measured)
+                figures = measure.figures(probes, references.result(), quantised)
+            for warning in warnings(figures, precisions):
+                log(warning)
             done()
         done = _step(log, steps, steps, "manifest (sha256 of every file)")
         max_tiles = options.max_tiles or cfg.max_tiles

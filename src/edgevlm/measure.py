@@ -1,17 +1,21 @@
 """Measuring what quantisation cost: each quantised part of a new bundle run beside its fp32 form, at conversion.
 
 Random test weights have no activation outliers; a user's real checkpoint may, so the converter, which
-holds the fp32 weights anyway, measures on built-in inputs and records the figures in the manifest:
+holds the weights anyway, measures on built-in inputs and records the figures in the manifest:
   vision:  cosine of the image features, mean and worst token, on pictures drawn here (one tile each);
   llm:     KL(fp32 || quantised) and cosine of the logits at every answer position of a conversation of
            a few short English and Chinese exchanges in the family's template, and top-1 agreement of
            the greedy next token there (the quantised run uses the bundle's own int8 embedding table).
+
+The fp32 references are graphs built in memory over the checkpoint's weights as stored (bf16, widened in
+the graph as it runs): they need no bundle, so `convert` computes them on the core its own one-core work
+leaves idle, and runs only the quantised parts once the bundle is written.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .accuracy import LlmAccuracy, VisionAccuracy, warnings
+from .accuracy import LlmAccuracy, VisionAccuracy
 from .config import TextConfig
 from .embedding import EmbeddingTable
 from .engine import common_prefix
@@ -28,10 +32,10 @@ from .graphs.decoder import DecoderGraphSpec, build_decoder_graph, every_positio
 from .graphs.vision import VisionGraphSpec
 from .prompt import PromptEncoder, Turn
 from .runtime.memory import memory_mb
-from .runtime.ort import WeightsFed, create_session, session_from_proto
+from .runtime.ort import Halt, WeightsFed, create_session, session_from_proto
 from .runtime.rope import rope_angles
 
-REFERENCE_COPIES = 1.5  # an fp32 reference's peak over its weights' size while it runs (measured 1.4 at 1B)
+REFERENCE_COPIES = 2.0  # an fp32 reference's peak over its stored weights' size (measured 1.6-1.9x at 1B, bf16)
 # Photo-like 4:3 scenes (width, height, sun); each becomes one tile of the family's own size (Qwen2-VL, which
 # takes an image whole: 300 tokens for the first).
 PICTURES = ((560, 420, (400, 90)), (640, 480, (120, 70)))
@@ -98,18 +102,21 @@ def kl_divergences(reference: np.ndarray, logits: np.ndarray) -> np.ndarray:
     return (np.exp(p_log) * (p_log - q_log)).sum(-1)
 
 
-def measure_vision(family: Any, cfg: Any, quantised: Path, reference: InMemory) -> VisionAccuracy:
-    """Cosine of the quantised vision graph's features to the fp32 graph's, on the probe pictures."""
+def probe_feeds(family: Any, cfg: Any) -> list[dict[str, np.ndarray]]:
+    """The vision graph's inputs for the probe pictures (one tile each)."""
     tiling = family.tiling(cfg, cfg.min_tiles, cfg.max_tiles).capped(1)
-    feeds = [f for p in probe_pictures() for f in family.vision_inputs(cfg, tiling.load(p))]
-    runs = []
-    for load in (lambda: WeightsFed(reference), lambda: create_session(quantised, cache=False)):
-        session = load()
-        runs.append(np.concatenate([session.run(["image_features"], f)[0].reshape(-1, cfg.text.hidden_size)
-                                    for f in feeds]))  # fmt: skip
-        del session
-    c = cosines(*runs)
-    what = f"{len(feeds)} drawn picture{'s' if len(feeds) > 1 else ''}, one tile each"
+    return [f for p in probe_pictures() for f in family.vision_inputs(cfg, tiling.load(p))]
+
+
+def vision_features(session: Any, feeds: list[dict[str, np.ndarray]], width: int) -> np.ndarray:
+    """The image features [T, width] of every feed, in order."""
+    return np.concatenate([session.run(["image_features"], f)[0].reshape(-1, width) for f in feeds])
+
+
+def vision_accuracy(reference: np.ndarray, quantised: np.ndarray, pictures: int) -> VisionAccuracy:
+    """Cosine of the quantised vision graph's features to the fp32 graph's, token by token."""
+    c = cosines(reference, quantised)
+    what = f"{pictures} drawn picture{'s' if pictures > 1 else ''}, one tile each"
     return VisionAccuracy(float(c.mean()), float(c.min()), len(c), what)
 
 
@@ -152,23 +159,42 @@ class LlmReference:
     head: Callable[[np.ndarray], np.ndarray]
 
 
-def measure_llm(text: TextConfig, ids: list[int], spans: list[tuple[int, int]], quantised: Path,
-                reference: LlmReference) -> LlmAccuracy:  # fmt: skip
-    """Logit KL, cosine and top-1 agreement of the quantised language model (its graph, and the embedding
-    table beside it) against the fp32 reference, at each position of `ids` that predicts a token of one of
-    `spans` (start, end)."""
-    scored = np.concatenate([np.arange(start - 1, end - 1) for start, end in spans])
-    fp32 = WeightsFed(InMemory(every_position(reference.graph.model), reference.graph.arrays))
-    ref = reference.head(every_output(fp32, text, reference.embed(ids), "hidden")[scored])
-    del fp32
-    session = session_from_proto(every_position(quantised), quantised.parent)
-    quant = every_output(session, text, EmbeddingTable(quantised.parent)(ids), "logits")[scored]
-    del session
-    kl, c = kl_divergences(ref, quant), cosines(ref, quant)
-    top1 = float((ref.argmax(-1) == quant.argmax(-1)).mean())
+def scored_positions(spans: list[tuple[int, int]]) -> np.ndarray:
+    """The positions whose next-token prediction is one of the spans' (start, end) tokens."""
+    return np.concatenate([np.arange(start - 1, end - 1) for start, end in spans])
+
+
+def reference_logits(text: TextConfig, ids: list[int], scored: np.ndarray, reference: LlmReference,
+                     threads: int | None = None, halt: Halt | None = None) -> np.ndarray:  # fmt: skip
+    """The fp32 reference's logits [N,V] at the `scored` positions of one prefill of `ids`."""
+    graph = InMemory(every_position(reference.graph.model), reference.graph.arrays)
+    fp32 = WeightsFed(graph, threads=threads, halt=halt)
+    return reference.head(every_output(fp32, text, reference.embed(ids), "hidden")[scored])
+
+
+def quantised_logits(text: TextConfig, ids: list[int], scored: np.ndarray, quantised: Path,
+                     threads: int | None = None) -> np.ndarray:  # fmt: skip
+    """The quantised graph's logits [N,V] (with the embedding table beside it) at the `scored` positions."""
+    session = session_from_proto(every_position(quantised), quantised.parent, threads=threads)
+    return every_output(session, text, EmbeddingTable(quantised.parent)(ids), "logits")[scored]
+
+
+def llm_accuracy(reference: np.ndarray, quantised: np.ndarray, spans: list[tuple[int, int]]) -> LlmAccuracy:
+    """Logit KL, cosine and top-1 agreement of the quantised logits to the reference's, position by position."""
+    kl, c = kl_divergences(reference, quantised), cosines(reference, quantised)
+    top1 = float((reference.argmax(-1) == quantised.argmax(-1)).mean())
     return LlmAccuracy(float(kl.mean()), float(kl.max()), float(c.mean()), float(c.min()), top1, len(kl),
                        f"{len(spans)} exchanges (English, Chinese) as one conversation in the template, "
                        "answer positions")  # fmt: skip
+
+
+def measure_llm(text: TextConfig, ids: list[int], spans: list[tuple[int, int]], quantised: Path,
+                reference: LlmReference) -> LlmAccuracy:  # fmt: skip
+    """The figures of the quantised language model (its graph, and the embedding table beside it) against
+    the fp32 reference, at each position of `ids` that predicts a token of one of `spans` (start, end)."""
+    scored = scored_positions(spans)
+    ref = reference_logits(text, ids, scored, reference)
+    return llm_accuracy(ref, quantised_logits(text, ids, scored, quantised), spans)
 
 
 def head_of(ck: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -180,10 +206,12 @@ def head_of(ck: Any) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def reference_mb(ck: Any, part: str) -> int:
-    """Memory an fp32 reference of `part` takes while it runs: its fp32 weights (fed to ONNX Runtime where
-    they are), the quantised graph's session and the activations beside them."""
-    fp32 = sum(4 * int(np.prod(ck.shape(n))) for n in ck.names() if n.startswith("llm.") == (part == "llm"))
-    return int(REFERENCE_COPIES * fp32 / 2**20)
+    """Memory an fp32 reference of `part` takes while it runs: its weights as stored (mapped from the
+    checkpoint, fed as they are), and beside them the weights widened layer by layer, the concatenated
+    ones and the activations."""
+    stored = sum(int(np.prod(ck.shape(n))) * ck.stored_itemsize(n) for n in ck.names()
+                 if n.startswith("llm.") == (part == "llm"))  # fmt: skip
+    return int(REFERENCE_COPIES * stored / 2**20)
 
 
 def _room(ck: Any, part: str, log: Callable[[str], None]) -> bool:
@@ -196,22 +224,61 @@ def _room(ck: Any, part: str, log: Callable[[str], None]) -> bool:
     return True
 
 
-def measure(ck: Any, prompt: PromptEncoder, bundle: Path, precisions: dict[str, str],
-            log: Callable[[str], None]) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Figures of each part of `bundle` (written, manifest not yet) not kept in fp32, against fp32 graphs
-    built in memory for the measure; a part whose reference would not fit in the memory available is left
-    unmeasured, with a line saying so."""
-    cfg, family = ck.config, ck.family
-    figures: dict[str, dict[str, Any]] = {}
-    if precisions["vision"] != "fp32" and _room(ck, "vision", log):
-        reference = family.build_vision_graph(ck.get, cfg, InMemory(), VisionGraphSpec("fp32"))
-        figures["vision"] = asdict(measure_vision(family, cfg, bundle / "vision.onnx", reference))
-        del reference
-    if precisions["llm"] != "fp32" and _room(ck, "llm", log):
-        graph = build_decoder_graph(ck.get, cfg.text, InMemory(), DecoderGraphSpec("fp32", head=False))
+@dataclass(frozen=True)
+class Probes:
+    """The built-in inputs both forms of each part run on: the vision graph's feeds, and the conversation's
+    ids with its answers' spans."""
+
+    feeds: list[dict[str, np.ndarray]]
+    ids: list[int]
+    spans: list[tuple[int, int]]
+
+
+def probes(ck: Any, prompt: PromptEncoder) -> Probes:
+    return Probes(probe_feeds(ck.family, ck.config), *conversation(prompt))
+
+
+def parts_to_measure(ck: Any, precisions: dict[str, str], log: Callable[[str], None]) -> list[str]:
+    """The parts not kept in fp32 whose reference fits in the memory available now (a line says why not)."""
+    return [part for part, form in precisions.items() if form != "fp32" and _room(ck, part, log)]
+
+
+def references(ck: Any, probes: Probes, parts: Iterable[str], threads: int | None = None,
+               halt: Halt | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """The fp32 outputs each of `parts` is measured against (vision features [T,D], LLM logits at the scored
+    positions [N,V]), from graphs built in memory over the checkpoint's own weights. They need no bundle:
+    `convert` computes them on the core its own work leaves idle (and stops them by `halt` if it fails)."""
+    cfg, out = ck.config, {}
+    if "vision" in parts:
+        graph = ck.family.build_vision_graph(ck.stored, cfg, InMemory(), VisionGraphSpec("fp32"))
+        fed = WeightsFed(graph, threads=threads, halt=halt)
+        out["vision"] = vision_features(fed, probes.feeds, cfg.text.hidden_size)
+    if "llm" in parts:
+        graph = build_decoder_graph(ck.stored, cfg.text, InMemory(), DecoderGraphSpec("fp32", head=False))
         reference = LlmReference(graph, functools.partial(ck.rows, "llm.embed.weight"), head_of(ck))
-        figures["llm"] = asdict(measure_llm(cfg.text, *conversation(prompt), bundle / "llm.onnx", reference))
-        del reference, graph
-    for warning in warnings(figures, precisions):
-        log(warning)
-    return figures
+        out["llm"] = reference_logits(cfg.text, probes.ids, scored_positions(probes.spans), reference, threads, halt)
+    return out
+
+
+def quantised_outputs(ck: Any, probes: Probes, bundle: Path, parts: Iterable[str],
+                      threads: int | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """The same outputs from the bundle's quantised `parts` (written at `bundle`)."""
+    out, width = {}, ck.config.text.hidden_size
+    if "vision" in parts:
+        session = create_session(bundle / "vision.onnx", threads=threads, cache=False)
+        out["vision"] = vision_features(session, probes.feeds, width)
+    if "llm" in parts:
+        scored = scored_positions(probes.spans)
+        out["llm"] = quantised_logits(ck.config.text, probes.ids, scored, bundle / "llm.onnx", threads)
+    return out
+
+
+def figures(probes: Probes, references: dict[str, np.ndarray],
+            quantised: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Each measured part's figures (accuracy.py's), as recorded in the manifest."""
+    out = {}
+    if "vision" in references:
+        out["vision"] = asdict(vision_accuracy(references["vision"], quantised["vision"], len(probes.feeds)))
+    if "llm" in references:
+        out["llm"] = asdict(llm_accuracy(references["llm"], quantised["llm"], probes.spans))
+    return out

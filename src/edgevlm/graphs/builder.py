@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 ALIGN = 64  # byte alignment of each weight in the data file (lets ORT map them directly)
 _ROWS = 128  # rows per block of a transposed copy
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 
 def transposed(array: np.ndarray, dtype: Any = None) -> np.ndarray:
@@ -81,15 +83,19 @@ class Graph:
         self.outputs.append(helper.make_tensor_value_info(name, elem, shape))
 
     def weight(self, name: str, array: np.ndarray) -> str:
-        """A named initializer whose bytes go to the external data file (or stay an array, in memory)."""
+        """A named initializer whose bytes go to the external data file (or stay an array, in memory).
+        A bfloat16 array (a checkpoint's own bytes, see `Checkpoint.stored`) is kept so and widened to
+        float32 in the graph as it runs: the value returned is then that Cast's output."""
         array = np.ascontiguousarray(array)
         offset = self._write(name, array)
-        t = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype), dims=array.shape)
+        bf16 = array.dtype == BFLOAT16
+        elem = TensorProto.BFLOAT16 if bf16 else helper.np_dtype_to_tensor_dtype(array.dtype)
+        t = TensorProto(name=name, data_type=elem, dims=array.shape)
         t.data_location = TensorProto.EXTERNAL
         for key, value in (("location", self.data_name), ("offset", offset), ("length", array.nbytes)):
             t.external_data.add(key=key, value=str(value))
         self.inits.append(t)
-        return name
+        return self.op("Cast", [name], name, to=TensorProto.FLOAT) if bf16 else name
 
     def _write(self, name: str, array: np.ndarray) -> int:
         """Store the array's bytes; their offset in the data file."""

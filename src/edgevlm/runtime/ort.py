@@ -31,6 +31,9 @@ if TYPE_CHECKING:  # onnx itself is not imported at run time: ~10 MB of resident
     from ..graphs.builder import InMemory
 
 
+BFLOAT16_ELEM = 16  # onnx.TensorProto.BFLOAT16 (onnx itself is not imported at run time)
+
+
 def default_threads() -> int:
     """The cores this process may run on (ONNX Runtime's own default counts hyperthreads too)."""
     try:
@@ -123,22 +126,48 @@ def session_from_proto(model: onnx.ModelProto, weights: Path, *, threads: int | 
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
+class Halt:
+    """Stops the runs of the sessions it is given to, from another thread, when the block it guards fails
+    (ONNX Runtime checks between nodes): a Ctrl-C during `convert` does not wait for its fp32 references."""
+
+    def __init__(self) -> None:
+        self.options = ort.RunOptions()
+
+    def __enter__(self) -> Halt:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is not None:
+            self.options.terminate = True
+
+
 class WeightsFed:
     """A one-off session over a graph built in memory (the accuracy measure's fp32 references), its weights
     fed as inputs to every run: ONNX Runtime reads the arrays where they are. Handing them over as
     initializers copied and repacked 2 GB at the 1B shape (3-5 s); fed, the first run starts at once and
     five 60-token prefills cost 0.3 s more than with packed weights (measured)."""
 
-    def __init__(self, graph: InMemory, *, threads: int | None = None) -> None:
+    def __init__(self, graph: InMemory, *, threads: int | None = None, halt: Halt | None = None) -> None:
+        self._run_options = halt.options if halt else None
         so = _options(threads or default_threads())
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        # Each bf16 weight widened just before its use, into memory the next one re-uses: in the default order
+        # all the Casts ran first (the 1B model's LLM reference peaked 1.9 GB over its weights; so, 0.6 GB).
+        so.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         self.session = ort.InferenceSession(graph.weights_as_inputs(), so, providers=["CPUExecutionProvider"])
-        self._weights = {n: ort.OrtValue.ortvalue_from_numpy(a) for n, a in graph.arrays.items()}
+        self._weights = {n: _fed(a) for n, a in graph.arrays.items()}
 
     def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """The outputs `names` of one run on `feeds` (the graph's own inputs)."""
         values = {n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for n, v in feeds.items()}
-        return [v.numpy() for v in self.session.run_with_ort_values(names, self._weights | values)]
+        return [v.numpy() for v in self.session.run_with_ort_values(names, self._weights | values, self._run_options)]
+
+
+def _fed(array: np.ndarray) -> ort.OrtValue:
+    """An array as ONNX Runtime's value over the same memory (bfloat16 by its bits: numpy has no such type)."""
+    if array.dtype.name == "bfloat16":
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(array.view(np.uint16), BFLOAT16_ELEM)
+    return ort.OrtValue.ortvalue_from_numpy(array)
 
 
 def _optimise(model: Path, cached: Path, threads: int) -> ort.InferenceSession:
