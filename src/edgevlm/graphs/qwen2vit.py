@@ -48,7 +48,7 @@ class _Qwen2ViT(VisionBuilder):
         ops on a 392 px image's q, measured): positions 0..N-1 index the tables, one row per patch."""
         g, v = self.g, self.cfg.vision
         if self.spec.contrib:
-            return g.op("RotaryEmbedding", [x, g.const("/c/first_row", [0]), self.cos, self.sin], scope,
+            return g.op("RotaryEmbedding", [x, g.const("/c/zero", [0]), self.cos, self.sin], scope,
                         domain="com.microsoft", num_heads=v.num_heads, interleaved=0)  # fmt: skip
         hd = v.hidden_size // v.num_heads
         heads = g.op("Reshape", [x, g.const("/c/rope_heads", [0, 0, v.num_heads, hd])], scope)
