@@ -1,5 +1,6 @@
 """The accuracy report: each quantised part measured against fp32 at conversion, recorded in the manifest."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -196,3 +197,18 @@ def test_a_failing_conversion_halts_its_references(tiny_ckpt):
         raise KeyboardInterrupt
     with pytest.raises(Exception, match="terminate"):
         measure.references(ck, probes, ["vision"], halt=halt)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "fp32"])
+def test_references_of_a_checkpoint_not_in_bf16(dtype, tiny_ref, tiny_cfg, tiny_ckpt, tmp_path):
+    """fp16 and fp32 checkpoints' references take float32 weights (only bf16 is widened in the graph) and
+    agree with the bf16 checkpoint's to its rounding (the reference model's weights are bf16-exact)."""
+    from edgevlm.checkpoint import open_checkpoint
+    from edgevlm.testing.random_checkpoint import save_checkpoint
+
+    save_checkpoint(copy.deepcopy(tiny_ref), tiny_cfg, tmp_path / dtype, naming="hf", dtype=dtype)  # it rounds
+    ck, bf16 = open_checkpoint(tmp_path / dtype), open_checkpoint(tiny_ckpt["hf"])
+    assert ck.stored("llm.layers.0.mlp.down.weight").dtype == np.float32
+    got, want = (measure.references(c, _probes_of(c), ["vision", "llm"]) for c in (ck, bf16))
+    for part in ("vision", "llm"):
+        np.testing.assert_allclose(got[part], want[part], rtol=0, atol=2e-3 * np.abs(want[part]).max())

@@ -176,13 +176,15 @@ class Checkpoint:
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
     def stored(self, name: str) -> np.ndarray:
-        """The tensor in its stored float type, read-only in the file where it is one tensor there (bf16 as
-        ml_dtypes' bfloat16): what a reference graph widens as it runs, instead of a float32 copy made here
-        (1.2 GB of fresh memory for the 1B model's vision encoder, 1-3 s of page faults on a VM)."""
+        """The tensor as a reference graph takes it: bf16 as stored (ml_dtypes' bfloat16, read-only in the
+        file where it is one tensor there), which the graph widens as it runs, instead of a float32 copy
+        made here (1.2 GB of fresh memory for the 1B model's vision encoder, 1-3 s of page faults on a VM);
+        other types as `get` gives them."""
         name = self._stored_as(name)
-        parts = [self._maps.array(self._stored[s]) for s in self._sources[name]]
-        if self._stored[self._sources[name][0]].dtype == "BF16":
-            parts = [p.view(ml_dtypes.bfloat16) for p in parts]
+        sources = self._sources[name]
+        if self._stored[sources[0]].dtype != "BF16":
+            return self.get(name)
+        parts = [self._maps.array(self._stored[s]).view(ml_dtypes.bfloat16) for s in sources]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
     def rows(self, name: str, ids: Sequence[int]) -> np.ndarray:
