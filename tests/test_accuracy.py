@@ -158,7 +158,7 @@ def _probes_of(ck):
     from edgevlm.tokenizer import control_ids, load_tokenizer
 
     tokenizer, fmt = load_tokenizer(ck.path, ck.family.ADDED_TOKENS), ck.family.prompt_format(ck.config)
-    return measure.probes(ck, PromptEncoder(tokenizer, fmt, control_ids(tokenizer, fmt.all_controls)))
+    return measure.probe_inputs(ck, PromptEncoder(tokenizer, fmt, control_ids(tokenizer, fmt.all_controls)))
 
 
 @pytest.mark.parametrize("family", ["tiny", "smol", "qwen"])

@@ -98,7 +98,8 @@ def _write_bundle(ck: Checkpoint, tokenizer: Tokenizer, tokens: dict[str, int], 
     steps = 5 if options.accuracy else 4
     precisions = {"vision": options.vision, "llm": options.llm}
     measured = measure.parts_to_measure(ck, precisions, log) if options.accuracy else []
-    probes = measure.probes(ck, PromptEncoder(tokenizer, ck.family.prompt_format(cfg), tokens)) if measured else None
+    prompt = PromptEncoder(tokenizer, ck.family.prompt_format(cfg), tokens)
+    probes = measure.probe_inputs(ck, prompt) if measured else None
     with atomic_dir(out, replace=options.force) as tmp, ThreadPoolExecutor(1) as spare, Halt() as halt:
         # The steps below keep one core busy: the fp32 references, which need only the checkpoint, run on
         # the other meanwhile.

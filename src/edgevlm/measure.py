@@ -172,10 +172,9 @@ def reference_logits(text: TextConfig, ids: list[int], scored: np.ndarray, refer
     return reference.head(every_output(fp32, text, reference.embed(ids), "hidden")[scored])
 
 
-def quantised_logits(text: TextConfig, ids: list[int], scored: np.ndarray, quantised: Path,
-                     threads: int | None = None) -> np.ndarray:  # fmt: skip
+def quantised_logits(text: TextConfig, ids: list[int], scored: np.ndarray, quantised: Path) -> np.ndarray:
     """The quantised graph's logits [N,V] (with the embedding table beside it) at the `scored` positions."""
-    session = session_from_proto(every_position(quantised), quantised.parent, threads=threads)
+    session = session_from_proto(every_position(quantised), quantised.parent)
     return every_output(session, text, EmbeddingTable(quantised.parent)(ids), "logits")[scored]
 
 
@@ -234,7 +233,7 @@ class Probes:
     spans: list[tuple[int, int]]
 
 
-def probes(ck: Any, prompt: PromptEncoder) -> Probes:
+def probe_inputs(ck: Any, prompt: PromptEncoder) -> Probes:
     return Probes(probe_feeds(ck.family, ck.config), *conversation(prompt))
 
 
@@ -253,6 +252,7 @@ def references(ck: Any, probes: Probes, parts: Iterable[str], threads: int | Non
         graph = ck.family.build_vision_graph(ck.stored, cfg, InMemory(), VisionGraphSpec("fp32"))
         fed = WeightsFed(graph, threads=threads, halt=halt)
         out["vision"] = vision_features(fed, probes.feeds, cfg.text.hidden_size)
+        del fed  # its run's memory, before the language model's
     if "llm" in parts:
         graph = build_decoder_graph(ck.stored, cfg.text, InMemory(), DecoderGraphSpec("fp32", head=False))
         reference = LlmReference(graph, functools.partial(ck.rows, "llm.embed.weight"), head_of(ck))
@@ -260,16 +260,15 @@ def references(ck: Any, probes: Probes, parts: Iterable[str], threads: int | Non
     return out
 
 
-def quantised_outputs(ck: Any, probes: Probes, bundle: Path, parts: Iterable[str],
-                      threads: int | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+def quantised_outputs(ck: Any, probes: Probes, bundle: Path, parts: Iterable[str]) -> dict[str, np.ndarray]:
     """The same outputs from the bundle's quantised `parts` (written at `bundle`)."""
     out, width = {}, ck.config.text.hidden_size
     if "vision" in parts:
-        session = create_session(bundle / "vision.onnx", threads=threads, cache=False)
+        session = create_session(bundle / "vision.onnx", cache=False)
         out["vision"] = vision_features(session, probes.feeds, width)
+        del session  # before the language model's
     if "llm" in parts:
-        scored = scored_positions(probes.spans)
-        out["llm"] = quantised_logits(ck.config.text, probes.ids, scored, bundle / "llm.onnx", threads)
+        out["llm"] = quantised_logits(ck.config.text, probes.ids, scored_positions(probes.spans), bundle / "llm.onnx")
     return out
 
 
