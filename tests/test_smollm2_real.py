@@ -148,8 +148,9 @@ def test_the_conversion_time_measure_on_real_weights(real, tmp_path, precision):
     graph = build_decoder_graph(w.__getitem__, cfg, InMemory(), DecoderGraphSpec("fp32", head=False))  # as convert
     reference = measure.LlmReference(graph, lambda ids: w["llm.embed.weight"][ids],
                                      lambda h: h @ w["llm.lm_head.weight"].T)  # fmt: skip
-    got = measure.measure_llm(cfg, tok.encode(text).ids, spans, build(real, tmp_path / precision, precision),
-                              reference)  # fmt: skip
+    ids, scored = tok.encode(text).ids, measure.scored_positions(spans)
+    quantised = measure.quantised_logits(cfg, ids, scored, build(real, tmp_path / precision, precision))
+    got = measure.llm_accuracy(measure.reference_logits(cfg, ids, scored, reference), quantised, spans)
     print(f"{precision}: {got.describe()}")
     page = CONVERSION_MEASURE[precision]
     assert got.tokens == 135 and got.kl_mean == pytest.approx(page["kl"], rel=0.25)

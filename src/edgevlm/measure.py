@@ -187,15 +187,6 @@ def llm_accuracy(reference: np.ndarray, quantised: np.ndarray, spans: list[tuple
                        "answer positions")  # fmt: skip
 
 
-def measure_llm(text: TextConfig, ids: list[int], spans: list[tuple[int, int]], quantised: Path,
-                reference: LlmReference) -> LlmAccuracy:  # fmt: skip
-    """The figures of the quantised language model (its graph, and the embedding table beside it) against
-    the fp32 reference, at each position of `ids` that predicts a token of one of `spans` (start, end)."""
-    scored = scored_positions(spans)
-    ref = reference_logits(text, ids, scored, reference)
-    return llm_accuracy(ref, quantised_logits(text, ids, scored, quantised), spans)
-
-
 def head_of(ck: Any) -> Callable[[np.ndarray], np.ndarray]:
     """The checkpoint's fp32 head as a function of hidden states [N,D]: logits [N,V], a block of rows at a time."""
     def head(hidden: np.ndarray) -> np.ndarray:
